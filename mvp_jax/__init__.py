@@ -1,0 +1,1 @@
+"""mvp_jax: movement pruning for JAX/Flax. The public API is filled in as modules land."""
