@@ -1,0 +1,194 @@
+"""Speed of the sort-free top-k threshold vs jnp.sort / lax.top_k, and masked train-step cost.
+
+Measures, never asserts. All timings in one run, side by side; results (median seconds and
+ratios) go to benchmarks/results/masks.json.
+
+  python benchmarks/masks.py            # N = 2.4M (768x3072), 21M (3 BERT layers), 85M (12)
+  python benchmarks/masks.py --quick    # small sizes, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from mvp_jax import masks, pruning  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "masks.json"
+
+
+def _median_time(fn, *args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))  # compile + warm up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _bert_kernel_shapes(layers: int, hidden: int, ffn: int) -> list[tuple[int, int]]:
+  return [(hidden, hidden)] * 4 * layers + [(hidden, ffn), (ffn, hidden)] * layers
+
+
+def bench_threshold(name: str, shapes, level: float, repeats: int) -> dict:
+  """Local and global masks: ours (traced level) vs sort-based and lax.top_k thresholds.
+
+  "ours_local" runs one search loop per matrix, "ours_local_shared_loop" one loop for all
+  (`masks.local_topk_masks` picks the latter on GPU/TPU by default); ratios use the former.
+  """
+  keys = jax.random.split(jax.random.PRNGKey(0), len(shapes))
+  scores = [jax.random.normal(k, s) for k, s in zip(keys, shapes, strict=True)]
+  n = sum(s.size for s in scores)
+  ks = [int(level * s.size) for s in scores]
+  k_all = int(level * n)
+
+  ours_local = jax.jit(lambda ss, lv: masks.local_topk_masks(ss, lv, shared_loop=False))
+  ours_local_shared = jax.jit(lambda ss, lv: masks.local_topk_masks(ss, lv, shared_loop=True))
+  ours_global = jax.jit(masks.global_topk_masks)
+
+  @jax.jit
+  def sort_local(ss):  # the k-th largest from a full sort (k static), strict-greater mask
+    return [s >= jnp.sort(s.ravel())[s.size - k] for s, k in zip(ss, ks, strict=True)]
+
+  @jax.jit
+  def sort_global(ss):
+    t = jnp.sort(jnp.concatenate([s.ravel() for s in ss]))[n - k_all]
+    return [s >= t for s in ss]
+
+  @jax.jit
+  def topk_local(ss):
+    return [s >= jax.lax.top_k(s.ravel(), k)[0][-1] for s, k in zip(ss, ks, strict=True)]
+
+  @jax.jit
+  def topk_global(ss):
+    t = jax.lax.top_k(jnp.concatenate([s.ravel() for s in ss]), k_all)[0][-1]
+    return [s >= t for s in ss]
+
+  lv = jnp.float32(level)
+  row = {"name": name, "n": n, "leaves": len(shapes), "level": level}
+  row["ours_local_s"] = _median_time(ours_local, scores, lv, repeats=repeats)
+  row["ours_local_shared_loop_s"] = _median_time(ours_local_shared, scores, lv, repeats=repeats)
+  row["sort_local_s"] = _median_time(sort_local, scores, repeats=repeats)
+  row["top_k_local_s"] = _median_time(topk_local, scores, repeats=repeats)
+  row["ours_global_s"] = _median_time(ours_global, scores, lv, repeats=repeats)
+  row["sort_global_s"] = _median_time(sort_global, scores, repeats=repeats)
+  row["top_k_global_s"] = _median_time(topk_global, scores, repeats=repeats)
+  for scope in ("local", "global"):
+    ours = row[f"ours_{scope}_s"]
+    row[f"sort_over_ours_{scope}"] = row[f"sort_{scope}_s"] / ours
+    row[f"top_k_over_ours_{scope}"] = row[f"top_k_{scope}_s"] / ours
+  return row
+
+
+def bench_train_step(layers: int, hidden: int, ffn: int, batch: int, seq: int, repeats: int):
+  """Forward + backward of a stack of dense layers (MiniLM-sized), masked vs unmasked."""
+  rng = np.random.default_rng(0)
+  dense = lambda i, o: {
+    "kernel": jnp.asarray(rng.standard_normal((i, o)) / np.sqrt(i), jnp.float32),
+    "bias": jnp.zeros((o,), jnp.float32),
+  }
+  params = {
+    "encoder": {
+      "layer": {
+        str(i): {
+          "attention": {
+            "self": {n: dense(hidden, hidden) for n in ("query", "key", "value")},
+            "output": {"dense": dense(hidden, hidden)},
+          },
+          "intermediate": {"dense": dense(hidden, ffn)},
+          "output": {"dense": dense(ffn, hidden)},
+        }
+        for i in range(layers)
+      }
+    }
+  }
+  x = jnp.asarray(rng.standard_normal((batch * seq, hidden)), jnp.float32)
+  spec = pruning.PruningSpec(method="topk")
+  scores = pruning.init_scores(params, spec)
+  scores = jax.tree.map(lambda s: s + jax.random.normal(jax.random.PRNGKey(1), s.shape), scores)
+
+  def forward(p):
+    h = x
+    for i in range(layers):
+      lay = p["encoder"]["layer"][str(i)]
+      d = lambda m, v: v @ m["kernel"] + m["bias"]
+      att = lay["attention"]
+      a = jax.nn.gelu(d(att["self"]["query"], h)) * d(att["self"]["key"], h)
+      h = h + d(att["output"]["dense"], a + d(att["self"]["value"], h))
+      h = h + d(lay["output"]["dense"], jax.nn.gelu(d(lay["intermediate"]["dense"], h)))
+    return jnp.mean(h**2)
+
+  dense_step = jax.jit(jax.grad(forward))
+  masked_step = jax.jit(
+    jax.grad(lambda p, s, lv: forward(pruning.apply_masks(p, s, lv, spec)), argnums=(0, 1))
+  )
+  row = {"layers": layers, "hidden": hidden, "ffn": ffn, "batch": batch, "seq": seq}
+  row["dense_s"] = _median_time(dense_step, params, repeats=repeats)
+  row["masked_topk_local_s"] = _median_time(
+    masked_step, params, scores, jnp.float32(0.3), repeats=repeats
+  )
+  row["masked_over_dense"] = row["masked_topk_local_s"] / row["dense_s"]
+  return row
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+  parser.add_argument("--repeats", type=int, default=None)
+  parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+  args = parser.parse_args(argv)
+  repeats = args.repeats or (3 if args.quick else 10)
+  if args.quick:
+    cases = [
+      ("262k (256x1024)", [(256, 1024)]),
+      ("0.8M (1 layer, hidden 256)", _bert_kernel_shapes(1, 256, 1024)),
+    ]
+    step = dict(layers=2, hidden=128, ffn=512, batch=8, seq=64)
+  else:
+    cases = [
+      ("2.4M (768x3072)", [(768, 3072)]),
+      ("21M (3 BERT-base layers)", _bert_kernel_shapes(3, 768, 3072)),
+      ("85M (BERT-base encoder)", _bert_kernel_shapes(12, 768, 3072)),
+    ]
+    step = dict(layers=6, hidden=384, ffn=1536, batch=32, seq=64)
+  result = {
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "device": str(jax.devices()[0].device_kind),
+    "device_count": jax.device_count(),
+    "machine": {
+      "platform": platform.platform(),
+      "processor": platform.processor(),
+      "cpu_count": os.cpu_count(),
+    },
+    "quick": args.quick,
+    "repeats": repeats,
+    "threshold": [],
+  }
+  for name, shapes in cases:
+    row = bench_threshold(name, shapes, level=0.1, repeats=repeats)
+    result["threshold"].append(row)
+    print(json.dumps(row))
+  result["train_step"] = bench_train_step(repeats=repeats, **step)
+  print(json.dumps(result["train_step"]))
+  args.out.parent.mkdir(parents=True, exist_ok=True)
+  args.out.write_text(json.dumps(result, indent=2) + "\n")
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,466 @@
+"""Binarizers for movement pruning: exact top-k without sorting, thresholds, magnitude, L0.
+
+Every mask here is a float32 array with the shape of its scores. The score-based binarizers
+(`topk_mask`, `global_topk_masks`, `sigmoid_threshold_mask`) are straight-through: their forward
+value is the hard 0/1 mask and their backward is the identity w.r.t. the scores, so with
+``W' = W * M``:
+
+  dL/dS = dL/dW' * W        (no mask factor: pruned weights' scores keep moving)
+  dL/dW = dL/dW' * M
+
+`magnitude_mask` passes no gradient at all (the mask is a constant of W), and `l0_mask` is ordinary
+autodiff through the hard-concrete reparameterisation.
+
+Top-k without sorting
+---------------------
+The k-th largest score is found by bisection on an order-preserving uint32 view of the float32
+scores: 32 passes, each one compare and one count. ``k`` is a traced int32, so a moving sparsity
+schedule never recompiles, and a global top-k over many tensors just sums the per-tensor counts (no
+concatenation): under sharding every pass is a local count plus a scalar all-reduce. Ties at the
+threshold value are broken deterministically: among the scores equal to the threshold, the first
+ones in (leaf order, row-major flattened index) order are kept, found by a second bisection over the
+index (only run when the threshold value is tied), so exactly ``k`` entries are kept.
+
+Keep counts
+-----------
+``k = keep_count(level, n)`` is floor(level * n) where ``level`` is first rounded to float32 (as
+it is inside a jitted step) and the product is computed exactly (integer limb arithmetic, not a
+float32 multiply, whose rounding would be off by several units at n = 85M). This equals Python's
+``int(v * n)`` for every ``v`` representable in float32 (then the double product is exact).
+For a decimal level that float32 rounds down (0.7 -> 0.69999999), ``k`` can be one below the
+decimal product when that product is an integer (0.7 * 10 -> 6): pass ``level`` slightly above
+``j / n`` if an exact count ``j`` is required.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Hard-concrete constants of the reference code (Louizos et al. stretch interval and temperature).
+L0_LEFT = -0.1
+L0_RIGHT = 1.1
+L0_BETA = 2.0 / 3.0
+L0_U_MIN = 1e-4
+L0_U_MAX = 0.9999
+
+_INT32_MAX = 2**31 - 1
+_LIMB = 12
+_LIMB_MASK = (1 << _LIMB) - 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Keep counts
+# ----------------------------------------------------------------------------------------------
+
+
+def keep_count(level: jax.typing.ArrayLike, n: int) -> jax.Array:
+  """Exact ``floor(float32(level) * n)`` as an int32 scalar; ``level`` may be traced.
+
+  Args:
+    level: keep fraction, scalar. Cast to float32; NaN counts as 0 and values are clipped to
+      [0, 1] (a traced level cannot raise, so it is clamped instead).
+    n: static element count, ``0 <= n < 2**31``.
+
+  Returns:
+    [] int32, in [0, n].
+  """
+  n = int(n)
+  if not 0 <= n <= _INT32_MAX:
+    raise ValueError(f"keep_count: n={n} must be in [0, 2**31 - 1]")
+  v = jnp.asarray(level, jnp.float32)
+  v = jnp.where(jnp.isnan(v), 0.0, jnp.clip(v, 0.0, 1.0))
+  bits = lax.bitcast_convert_type(v, jnp.int32)
+  biased_exp = (bits >> 23) & 0xFF
+  frac = bits & 0x7FFFFF
+  # v = m * 2**-s exactly, m < 2**24; s >= 23 because v <= 1.
+  m = jnp.where(biased_exp > 0, frac | 0x800000, frac)
+  s = jnp.where(biased_exp > 0, 150 - biased_exp, 149)
+  # m * n < 2**55 overflows int32: multiply in base-2**12 digits (each partial product < 2**25).
+  n0, n1, n2 = n & _LIMB_MASK, (n >> _LIMB) & _LIMB_MASK, n >> (2 * _LIMB)
+  m_lo, m_hi = m & _LIMB_MASK, m >> _LIMB
+  c = [m_lo * n0, m_lo * n1 + m_hi * n0, m_lo * n2 + m_hi * n1, m_hi * n2]
+  digits = []
+  carry = jnp.int32(0)
+  for ci in c:
+    ci = ci + carry
+    digits.append(ci & _LIMB_MASK)
+    carry = ci >> _LIMB
+  digits.append(carry)
+  # Pad so that digits[a + j] exists for every shift a = s // 12 <= 12 and j <= 3.
+  digits = jnp.stack(digits + [jnp.int32(0)] * 12)
+  a, b = s // _LIMB, s % _LIMB
+  # floor(X / 2**s) with X = sum_i d_i 2**(12 i): digits below a cannot carry into the result,
+  # and every remaining term d_{a+j} 2**(12 j - b) is <= the result <= n, so nothing overflows.
+  out = lax.dynamic_index_in_dim(digits, a, keepdims=False) >> b
+  for j in range(1, 4):
+    d = lax.dynamic_index_in_dim(digits, a + j, keepdims=False)
+    out = out + (d << jnp.minimum(_LIMB * j - b, 31))
+  return jnp.minimum(out, n).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact top-k selection (no gradient)
+# ----------------------------------------------------------------------------------------------
+
+
+def ordered_key(x: jax.Array) -> jax.Array:
+  """Order-preserving uint32 view of float values: ``a < b`` iff ``key(a) < key(b)``.
+
+  Args:
+    x: any float array (cast to float32, which is exact for bf16/f16).
+
+  Returns:
+    uint32 array of ``x.shape``. -0.0 maps to the key of +0.0 so equal floats get equal keys;
+    NaNs sort above +inf.
+  """
+  x = x.astype(jnp.float32)
+  x = jnp.where(x == 0, jnp.float32(0), x)
+  b = lax.bitcast_convert_type(x, jnp.uint32)
+  negative = (b >> 31) == 1
+  # Negative floats: larger magnitude must give a smaller key, so flip all bits; non-negative
+  # floats go to the upper half of the range.
+  return jnp.where(negative, ~b, b | jnp.uint32(0x80000000))
+
+
+def _group_counts(arrays, group_of, n_groups, pred) -> jax.Array:
+  """[G] int32: per group, the sum over its leaves of ``sum(pred(leaf, group))``.
+
+  Each leaf's count is a local reduction plus (when sharded) a scalar all-reduce.
+  """
+  per_group = [jnp.int32(0)] * n_groups
+  for a, g in zip(arrays, group_of, strict=True):
+    per_group[g] = per_group[g] + jnp.sum(pred(a, g), dtype=jnp.int32)
+  return jnp.stack(per_group)
+
+
+def kth_largest_key(keys: Sequence[jax.Array], k: jax.Array, group_of=None) -> jax.Array:
+  """The k-th largest key (1-based) per group of leaves, by 32 passes of compare + count.
+
+  All groups share one loop (one pass reads every leaf once), which keeps the program small
+  and the number of sequential kernels at 32 however many matrices there are.
+
+  Args:
+    keys: uint32 arrays from `ordered_key`, any shapes.
+    k: [G] (or [] for one group) int32, traced; ``0 <= k[g] <= size of group g``.
+    group_of: the group of each leaf (static ints in [0, G)); default: all in group 0.
+
+  Returns:
+    [G] (or []) uint32: the largest t with ``count(keys >= t) >= k`` (0xFFFFFFFF when k == 0).
+  """
+  k = jnp.asarray(k, jnp.int32)
+  scalar = k.ndim == 0
+  k = jnp.atleast_1d(k)
+  group_of = [0] * len(keys) if group_of is None else list(group_of)
+
+  def body(i, t):
+    cand = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    counts = _group_counts(keys, group_of, k.shape[0], lambda a, g: a >= cand[g])
+    return jnp.where(counts >= k, cand, t)
+
+  t = lax.fori_loop(0, 32, body, jnp.zeros(k.shape, jnp.uint32))
+  return t[0] if scalar else t
+
+
+def _flat_index(shape: tuple[int, ...]) -> jax.Array:
+  """Row-major flat index of every element as int32, built from iotas (shards like its array)."""
+  idx = jnp.zeros(shape, jnp.int32)
+  stride = 1
+  for dim in reversed(range(len(shape))):
+    idx = idx + lax.broadcasted_iota(jnp.int32, shape, dim) * stride
+    stride *= shape[dim]
+  return idx
+
+
+def _split_ties(eqs, idxs, group_of, quota, nbits):
+  """[G] int32: per group the largest index J with ``count(eq & idx < J) < quota``.
+
+  The quota-th tie (in index order) of each group sits at its J, so ``eq & idx <= J`` keeps
+  exactly ``quota`` ties.
+  """
+
+  def body(i, j):
+    cand = j | (jnp.int32(1) << (nbits - 1 - i))
+    below = _group_counts(
+      list(zip(eqs, idxs, strict=True)),
+      group_of,
+      quota.shape[0],
+      lambda a, g: a[0] & (a[1] < cand[g]),
+    )
+    return jnp.where(below < quota, cand, j)
+
+  return lax.fori_loop(0, nbits, body, jnp.zeros(quota.shape, jnp.int32))
+
+
+def topk_select_groups(
+  groups: Sequence[Sequence[jax.Array]], k: jax.Array
+) -> list[list[jax.Array]]:
+  """Exact top-k per group of arrays (joint over each group), deterministic ties; no gradient.
+
+  Group g gets exactly ``k[g]`` True entries. Every kept score is >= every dropped score of
+  its group; among scores equal to the k-th largest, the first in (array order within the
+  group, row-major index) order are kept. Local top-k over many matrices is one group per
+  matrix; global top-k is one group with all of them. No arrays are concatenated.
+
+  Args:
+    groups: G lists of float arrays (any shapes).
+    k: [G] int32, traced is fine; clipped to [0, group size].
+
+  Returns:
+    G lists of bool arrays, same shapes as the inputs.
+  """
+  leaves, group_of, offsets, sizes = [], [], [], []
+  for g, arrays in enumerate(groups):
+    off = 0
+    for a in arrays:
+      leaves.append(lax.stop_gradient(a))
+      group_of.append(g)
+      offsets.append(off)
+      off += int(a.size)
+    if off > _INT32_MAX:
+      raise ValueError(f"top-k over {off} elements: at most 2**31 - 1 are supported")
+    sizes.append(off)
+  n_groups = len(groups)
+  keys = [ordered_key(a) for a in leaves]
+  k = jnp.clip(jnp.asarray(k, jnp.int32).reshape(n_groups), 0, jnp.asarray(sizes, jnp.int32))
+  t = kth_largest_key(keys, k, group_of)
+  n_gt = _group_counts(keys, group_of, n_groups, lambda a, g: a > t[g])
+  eqs = [a == t[g] for a, g in zip(keys, group_of, strict=True)]
+  n_eq = _group_counts(eqs, group_of, n_groups, lambda a, g: a)
+  quota = k - n_gt  # how many ties at t to keep, 0 <= quota <= n_eq
+  split = (quota > 0) & (quota < n_eq)
+  nbits = max(1, max((size - 1).bit_length() for size in sizes))
+
+  def all_or_none(_):
+    return [e & (quota[g] > 0) for e, g in zip(eqs, group_of, strict=True)]
+
+  def split_some(_):
+    idxs = [off + _flat_index(a.shape) for a, off in zip(leaves, offsets, strict=True)]
+    last = _split_ties(eqs, idxs, group_of, quota, nbits)
+    return [
+      jnp.where(split[g], e & (ix <= last[g]), e & (quota[g] > 0))
+      for e, ix, g in zip(eqs, idxs, group_of, strict=True)
+    ]
+
+  # The index search costs ~log2(size) more passes: run it only when some tie is split.
+  kept_ties = lax.cond(jnp.any(split), split_some, all_or_none, None)
+  out: list[list[jax.Array]] = [[] for _ in groups]
+  for a, e, g in zip(keys, kept_ties, group_of, strict=True):
+    out[g].append((a > t[g]) | e)
+  return out
+
+
+def topk_select(scores: Sequence[jax.Array], k: jax.Array) -> list[jax.Array]:
+  """Exact joint top-k over several arrays (one group); see `topk_select_groups`.
+
+  Args:
+    scores: float arrays (any shapes); their order is the tie-breaking leaf order.
+    k: [] int32 (traced is fine), ``0 <= k <= total size``.
+
+  Returns:
+    bool arrays, one per input, exactly ``k`` True in total.
+  """
+  return topk_select_groups([list(scores)], jnp.reshape(k, (1,)))[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Binarizers
+# ----------------------------------------------------------------------------------------------
+
+
+@jax.custom_vjp
+def straight_through(scores: jax.Array, mask: jax.Array) -> jax.Array:
+  """Returns ``mask``; its gradient is passed to ``scores`` unchanged (identity backward).
+
+  Args:
+    scores: [...] float, the parameters that receive the gradient.
+    mask: [...] float32 hard mask (treated as a constant).
+
+  Returns:
+    [...] float32, the value of ``mask``.
+  """
+  del scores
+  return mask
+
+
+def _ste_fwd(scores, mask):
+  return mask, None
+
+
+def _ste_bwd(_, g):
+  return g, None
+
+
+straight_through.defvjp(_ste_fwd, _ste_bwd)
+
+
+def topk_mask(scores: jax.Array, level: jax.typing.ArrayLike) -> jax.Array:
+  """Local top-k: keep the ``floor(level * size)`` highest scores; straight-through.
+
+  Args:
+    scores: [in, out] (any shape) float32.
+    level: [] keep fraction in [0, 1], may be traced.
+
+  Returns:
+    [in, out] float32 0/1 mask with exactly ``keep_count(level, scores.size)`` ones.
+  """
+  return local_topk_masks([scores], level)[0]
+
+
+def global_topk_masks(scores: Sequence[jax.Array], level: jax.typing.ArrayLike) -> list[jax.Array]:
+  """Global top-k over all arrays together: ``floor(level * total)`` ones; straight-through.
+
+  Args:
+    scores: float32 arrays; their order is the tie-breaking order (callers pass sorted paths).
+    level: [] keep fraction in [0, 1], may be traced.
+
+  Returns:
+    float32 0/1 masks, one per input.
+  """
+  scores = list(scores)
+  k = keep_count(level, sum(int(s.size) for s in scores))
+  hard = topk_select(scores, k)
+  return [straight_through(s, h.astype(jnp.float32)) for s, h in zip(scores, hard, strict=True)]
+
+
+def _use_shared_loop(shared_loop: bool | None) -> bool:
+  # One loop for all matrices means 32 sequential passes instead of 32 per matrix: fewer kernel
+  # launches and loop-predicate round trips on GPU/TPU. On CPU, separate loops are faster
+  # (XLA's CPU runtime runs independent loops concurrently) and compile faster.
+  return jax.default_backend() != "cpu" if shared_loop is None else shared_loop
+
+
+def _local_select(arrays: list[jax.Array], level, shared_loop: bool | None) -> list[jax.Array]:
+  ks = [keep_count(level, int(a.size)) for a in arrays]
+  if _use_shared_loop(shared_loop):
+    return [h[0] for h in topk_select_groups([[a] for a in arrays], jnp.stack(ks))]
+  return [topk_select([a], k)[0] for a, k in zip(arrays, ks, strict=True)]
+
+
+def local_topk_masks(
+  scores: Sequence[jax.Array], level: jax.typing.ArrayLike, shared_loop: bool | None = None
+) -> list[jax.Array]:
+  """`topk_mask` for each array; straight-through.
+
+  Args:
+    scores: float32 arrays, any shapes.
+    level: [] keep fraction in [0, 1], may be traced.
+    shared_loop: search all matrices in one loop (True) or one loop each (False); None picks
+      by backend (shared on GPU/TPU, separate on CPU). The masks are identical either way.
+
+  Returns:
+    float32 0/1 masks, ``keep_count(level, size)`` ones in each.
+  """
+  scores = list(scores)
+  hard = _local_select(scores, level, shared_loop)
+  return [straight_through(s, h.astype(jnp.float32)) for s, h in zip(scores, hard, strict=True)]
+
+
+def min_retention_count(size: int, min_retention: float) -> int:
+  """Reference minimum kept per matrix: ``int(min_retention * size) + 1`` (0 disables), <= size."""
+  if min_retention <= 0:
+    return 0
+  return min(int(min_retention * size) + 1, size)
+
+
+def sigmoid_threshold_mask(
+  scores: jax.Array, tau: jax.typing.ArrayLike, min_retention: float = 0.005
+) -> jax.Array:
+  """Soft movement: ``M = sigmoid(S) > tau`` with the minimum-retention rule; straight-through.
+
+  When fewer than ``int(min_retention * size) + 1`` entries pass, that many top-scored entries
+  are kept instead (exact top-k with deterministic ties; the reference's ``S > kthvalue`` can keep
+  fewer under ties and keeps nothing for a 1x1 matrix).
+
+  Args:
+    scores: [in, out] float32.
+    tau: [] threshold on sigmoid(scores), may be traced.
+    min_retention: fraction; <= 0 disables the rule.
+
+  Returns:
+    [in, out] float32 0/1 mask.
+  """
+  s = lax.stop_gradient(scores).astype(jnp.float32)
+  hard = jax.nn.sigmoid(s) > jnp.asarray(tau, jnp.float32)
+  n_min = min_retention_count(int(s.size), min_retention)
+  if n_min > 0:
+    hard = lax.cond(
+      jnp.sum(hard, dtype=jnp.int32) < n_min,
+      lambda: topk_select([s], jnp.int32(n_min))[0],
+      lambda: hard,
+    )
+  return straight_through(scores, hard.astype(jnp.float32))
+
+
+def magnitude_mask(weights: jax.Array, level: jax.typing.ArrayLike) -> jax.Array:
+  """Top-k of ``|W|`` per matrix; a constant (no gradient flows through the mask).
+
+  Args:
+    weights: [in, out] float.
+    level: [] keep fraction in [0, 1], may be traced.
+
+  Returns:
+    [in, out] float32 0/1 mask.
+  """
+  return local_magnitude_masks([weights], level)[0]
+
+
+def local_magnitude_masks(
+  weights: Sequence[jax.Array], level: jax.typing.ArrayLike, shared_loop: bool | None = None
+) -> list[jax.Array]:
+  """`magnitude_mask` for each array; constants (stop_gradient).
+
+  Args:
+    weights: float arrays, any shapes.
+    level: [] keep fraction in [0, 1], may be traced.
+    shared_loop: as in `local_topk_masks`.
+
+  Returns:
+    float32 0/1 masks, ``keep_count(level, size)`` ones in each.
+  """
+  mags = [jnp.abs(lax.stop_gradient(w)) for w in weights]
+  return [h.astype(jnp.float32) for h in _local_select(mags, level, shared_loop)]
+
+
+def global_magnitude_masks(
+  weights: Sequence[jax.Array], level: jax.typing.ArrayLike
+) -> list[jax.Array]:
+  """Top-k of ``|W|`` over all arrays together; constants (stop_gradient).
+
+  Args:
+    weights: float arrays; their order is the tie-breaking order.
+    level: [] keep fraction in [0, 1], may be traced.
+
+  Returns:
+    float32 0/1 masks, one per input.
+  """
+  mags = [jnp.abs(lax.stop_gradient(w)) for w in weights]
+  k = keep_count(level, sum(int(w.size) for w in mags))
+  return [h.astype(jnp.float32) for h in topk_select(mags, k)]
+
+
+def l0_mask(scores: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+  """Hard-concrete mask (l=-0.1, r=1.1, beta=2/3); ordinary autodiff.
+
+  With ``rng``: ``u ~ U(0,1)`` clamped to [1e-4, 0.9999],
+  ``s = sigmoid((log u - log(1-u) + S) / beta)``, ``M = clip(s (r - l) + l, 0, 1)``; one fresh
+  draw per call. Without: the deterministic ``clip(sigmoid(S) (r - l) + l, 0, 1)`` (continuous,
+  not binary), used for evaluation and export.
+
+  Args:
+    scores: [in, out] float32.
+    rng: PRNG key for the sample, or None for the deterministic mask.
+
+  Returns:
+    [in, out] float32 mask in [0, 1].
+  """
+  s = scores.astype(jnp.float32)
+  if rng is None:
+    gate = jax.nn.sigmoid(s)
+  else:
+    u = jnp.clip(jax.random.uniform(rng, s.shape, jnp.float32), L0_U_MIN, L0_U_MAX)
+    gate = jax.nn.sigmoid((jnp.log(u) - jnp.log1p(-u) + s) / L0_BETA)
+  return jnp.clip(gate * (L0_RIGHT - L0_LEFT) + L0_LEFT, 0.0, 1.0)
