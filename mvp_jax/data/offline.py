@@ -20,7 +20,8 @@ The package is never imported (its import pulls heavy dependencies); only its fo
 The split is fixed and deterministic: a sentence goes to dev iff the first 8 hex digits of the
 SHA-256 of its UTF-8 text, read as an integer, are divisible by 10 (about 10 %). It depends on
 nothing but the text, so it is stable across runs, machines and file order, and duplicates can
-never straddle train and dev.
+never straddle train and dev. Within each part, examples are ordered by another hash of their
+text, so the file's grouping by label does not leak into prefixes (``max_train_examples``).
 """
 
 from __future__ import annotations
@@ -74,9 +75,15 @@ def _read_text(path: pathlib.Path) -> str:
     return raw.decode("latin-1")
 
 
+def _order_key(text: str) -> str:
+  return hashlib.sha256(b"order:" + text.encode("utf-8")).hexdigest()
+
+
 def _split(texts: list[str], labels: list[int], source: str) -> tuple[TextExamples, TextExamples]:
   train, dev = TextExamples([], None, [], source), TextExamples([], None, [], source)
-  for t, y in zip(texts, labels, strict=True):
+  # The source files are grouped by label; ordering each part by a hash of its text makes any
+  # prefix (max_train_examples / max_eval_examples) an unbiased sample, independently of file order.
+  for t, y in sorted(zip(texts, labels, strict=True), key=lambda ty: _order_key(ty[0])):
     part = dev if is_dev(t) else train
     part.text_a.append(t)
     part.labels.append(y)
