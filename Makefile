@@ -29,10 +29,10 @@ demo: $(VENV)/.stamp-base
 	$(PY) train.py --config configs/default.py --workdir runs/demo
 
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow"
 
 test-all: $(VENV)/.stamp-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q
 
 lint: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check .

@@ -21,9 +21,36 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run (resumed i
 flags.mark_flag_as_required("workdir")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with a misspelled or ill-typed config key reported as one clean line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    if any(ln.startswith("Traceback") for ln in lines):  # a config file raised: keep its message
+      lines = [lines[0], lines[-1]]
+    print("error: " + "\n".join(lines) + "\nPass --helpfull to see the flags.", file=sys.stderr)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections reports an unknown --config.<key> as AttributeError('...Did you mean ...').
+    msg = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ")
+    print(f"error: bad --config override: {msg}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _quiet_libraries() -> None:
+  """Keeps orbax's per-save INFO chatter out of the run's log (warnings still show)."""
+  import logging as pylogging
+
+  def keep(record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+
+  logging.get_absl_handler().addFilter(keep)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _quiet_libraries()
   # Imported here so that `--help` and flag errors come back before JAX initialises.
   from mvp_jax import trainer
   from mvp_jax.errors import UserError
@@ -39,10 +66,8 @@ def main(argv):
   except trainer.Preempted as e:
     print(f"{e}; re-run the same command to resume.", file=sys.stderr)
     sys.exit(128 + e.signum)
-  summary = trainer.summarize(results, _WORKDIR.value)
-  logging.info("%s", summary)
-  print(summary)
+  print(trainer.summarize(results, _WORKDIR.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

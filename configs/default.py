@@ -11,6 +11,8 @@ overrides only what differs. Every field has a one-line comment.
 
 import ml_collections
 
+from mvp_jax.data import config as data_config
+
 # BERT's six prunable kernels per encoder layer (spec §1.0): query, key, value, attention output,
 # intermediate and output. Embeddings, pooler, heads, biases and LayerNorms stay dense.
 BERT_ENCODER_KERNELS = (
@@ -31,24 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.hidden_dropout_prob = -1.0  # Overrides config.json's hidden dropout when >= 0.
   c.model.attention_probs_dropout_prob = -1.0  # Overrides the attention dropout when >= 0.
 
-  c.data = ml_collections.ConfigDict()
-  # "offline_movies" | "offline_trec" | "glue" | "squad" | "files".
-  c.data.source = "offline_movies"
-  c.data.task = ""  # GLUE task name (e.g. "sst2", "mnli") when source="glue".
-  c.data.glue_dir = ""  # Local GLUE folder (<dir>/<TASK>/{train,dev}.tsv); "" = the Hub.
-  c.data.train_file = ""  # Training file (files: CSV/TSV/JSONL; squad: official JSON); "" = Hub.
-  c.data.eval_file = ""  # Evaluation file, same format as train_file.
-  c.data.text_column = "sentence"  # Column of the (first) text, for source="files".
-  c.data.text_pair_column = ""  # Column of the second text of a pair ("" = single sentence).
-  c.data.label_column = "label"  # Column of the label, for source="files".
-  c.data.label_names = ()  # Explicit label order for source="files" (() = sorted labels).
-  c.data.task_kind = "classification"  # "classification" or "regression", for source="files".
-  c.data.max_seq_length = 64  # Tokens per example after truncation (GLUE paper runs: 128).
-  c.data.doc_stride = 128  # SQuAD: overlap between windows of a long context.
-  c.data.max_query_length = 64  # SQuAD: question tokens kept.
-  c.data.max_train_examples = 0  # Use only the first N training examples (0 = all).
-  c.data.max_eval_examples = 0  # Use only the first N evaluation examples (0 = all).
-  c.data.cache_dir = ""  # Tokenisation cache ("" = ~/.cache/mvp_jax).
+  # Every data field and its meaning: mvp_jax/data/config.py.
+  c.data = data_config.default_data_config()
+  c.data.max_seq_length = 64  # The movie sentences fit in 64 tokens (GLUE paper runs: 128).
 
   c.pruning = ml_collections.ConfigDict()
   # "topk" (movement), "magnitude", "sigmoid_threshold" (soft movement), "l0", or "none" (dense).

@@ -184,7 +184,9 @@ class Checkpointer:
       step: the step to restore; None for :meth:`latest_step`.
       abstract_state: a tree of ``jax.ShapeDtypeStruct`` with ``.sharding`` (e.g.
         ``jax.eval_shape`` of the init, with shardings from ``sharding.tree_shardings``): arrays
-        come back with that structure, dtype and sharding. None restores as saved.
+        come back with that structure, dtype and sharding. None restores the saved structure
+        with every array on this process's first device (works whatever device count the
+        checkpoint was written with, e.g. for export on a laptop).
 
     Returns:
       ``(state, extra)``.
@@ -204,12 +206,26 @@ class Checkpointer:
       )
     if abstract_state is not None:
       self._check_compatible(step, abstract_state)
-    state_args = (ocp.args.StandardRestore(abstract_state) if abstract_state is not None
-                  else ocp.args.StandardRestore())
+    else:
+      abstract_state = self._local_target(step)
+    state_args = ocp.args.StandardRestore(abstract_state)
     restored = self._manager.restore(
         step, args=ocp.args.Composite(**{STATE: state_args, EXTRA: ocp.args.JsonRestore()})
     )
     return restored[STATE], dict(restored[EXTRA] or {})
+
+  def _local_target(self, step: int) -> Any:
+    """The saved tree as ShapeDtypeStructs placed on the first local device."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def leaf(meta: Any) -> Any:
+      if hasattr(meta, "shape") and hasattr(meta, "dtype"):
+        return jax.ShapeDtypeStruct(tuple(meta.shape), meta.dtype, sharding=device)
+      return meta
+
+    tree = self._manager.item_metadata(step)[STATE]
+    tree = getattr(tree, "tree", tree)
+    return jax.tree.map(leaf, tree, is_leaf=lambda x: hasattr(x, "shape"))
 
   def _check_compatible(self, step: int, abstract_state: Any) -> None:
     saved = _flat_shapes(self._manager.item_metadata(step)[STATE])

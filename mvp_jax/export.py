@@ -109,6 +109,9 @@ def save_sparse(params: Mapping[str, Any], path: str | pathlib.Path, *,
 def load_sparse(path: str | pathlib.Path) -> dict[str, Any]:
   """Reads a file of `save_sparse` back into a dense nested dict of numpy arrays.
 
+  Args:
+    path: a file written by `save_sparse` (e.g. an export's ``sparse_model.safetensors``).
+
   Returns:
     The parameter tree; float leaves have their original dtype (e.g. float32), pruned entries 0.
 
@@ -388,8 +391,25 @@ def _replace_dir(new: pathlib.Path, target: pathlib.Path) -> None:
 
 def export_from_workdir(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
                         overwrite: bool = False) -> pathlib.Path:
-  """Exports the last checkpoint of a training run (placeholder until the trainer provides it)."""
-  raise NotImplementedError("needs trainer")
+  """Exports the latest checkpoint of a training run (masks at the run's final level folded in).
+
+  Args:
+    workdir: the run's --workdir (config.json, labels.json, checkpoints/).
+    out: the folder to write (a standard HF folder, as `export_pretrained`).
+    overwrite: replace an existing `out`.
+  """
+  from mvp_jax import run_io
+  from mvp_jax.data import tokenization
+
+  out = pathlib.Path(out)
+  if out.exists() and not overwrite:
+    raise UserError(f"{out} exists; pass --overwrite to replace it.")
+  run = run_io.load_run(workdir)
+  tokenizer = tokenization.load_tokenizer(run.model_dir)
+  return export_pretrained(run.params, run.scores, run.level, run.spec, run.model.config,
+                           tokenizer, out, head=run.head, metrics=run.metrics or None,
+                           remaining=run.remaining or None, label_names=run.label_names or None,
+                           overwrite=overwrite)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 import ml_collections
 
+from mvp_jax import pruning
 from mvp_jax.errors import UserError
 
 METHODS = ("none", "topk", "magnitude", "sigmoid_threshold", "l0")
@@ -90,9 +91,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("train.keep_checkpoints", f"{t.keep_checkpoints} must be >= 1", "Keep at least one.")
   if d.source not in SOURCES:
     _fail("data.source", f"unknown source {d.source!r}", f"Use one of {SOURCES}.")
-  if d.max_seq_length < 8 or d.max_seq_length > 512:
+  if d.max_seq_length != 0 and not 8 <= d.max_seq_length <= 512:
     _fail("data.max_seq_length", f"{d.max_seq_length} is outside [8, 512]",
-          "BERT's position table has 512 entries.")
+          "BERT's position table has 512 entries (0 = the task's default).")
   if config.model.dtype not in DTYPES:
     _fail("model.dtype", f"unknown dtype {config.model.dtype!r}", f"Use one of {DTYPES}.")
   if dist.teacher:
@@ -158,3 +159,18 @@ def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict)
   keys = sorted(set(a) | set(b))
   missing = "<absent>"
   return [k for k in keys if k not in RESUMABLE_FIELDS and a.get(k, missing) != b.get(k, missing)]
+
+
+def pruning_spec(config: ml_collections.ConfigDict) -> pruning.PruningSpec | None:
+  """The PruningSpec of a config (None for dense fine-tuning, method "none")."""
+  p = config.pruning
+  if p.method == "none":
+    return None
+  return pruning.PruningSpec(method=p.method, scope=p.scope, include=tuple(p.include),
+                             exclude=tuple(p.exclude), score_init=p.score_init,
+                             score_scale=float(p.score_scale))
+
+
+def eval_level(config: ml_collections.ConfigDict) -> float:
+  """The level of evaluation and export: always the final one (reference behaviour)."""
+  return 1.0 if config.pruning.method in ("l0", "none") else float(config.pruning.final_level)

@@ -1,0 +1,239 @@
+"""End-to-end runs of the trainer on a tiny BERT: every method, distillation, 8 fake devices,
+tensor parallelism, gradient accumulation, resume after SIGKILL, and the train.py command line."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mvp_jax import run_config, trainer
+from mvp_jax.errors import UserError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tiny_bert import make_tiny_bert  # noqa: E402
+
+from configs import default  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+  return make_tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")
+
+
+def tiny_config(model_dir, **overrides):
+  c = default.get_config()
+  c.model.name_or_path = str(model_dir)
+  c.data.max_train_examples = 96
+  c.data.max_eval_examples = 40
+  c.data.max_seq_length = 32
+  c.train.batch_size = 8
+  c.train.eval_batch_size = 16
+  c.train.max_steps = 6
+  c.train.eval_every_steps = 3
+  c.train.checkpoint_every_steps = 2
+  c.train.log_every_steps = 1
+  c.train.progress_bar = False
+  c.train.report = False
+  c.train.export = False
+  c.optim.warmup_steps = 1
+  c.optim.learning_rate = 1e-3
+  for key, value in overrides.items():
+    group, name = key.split(".")
+    c[group][name] = value
+  return c
+
+
+def read_metrics(workdir):
+  return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").open()]
+
+
+@pytest.mark.parametrize("method,extra", [
+  ("topk", {}),
+  ("topk", {"pruning.scope": "global"}),
+  ("magnitude", {}),
+  # Scores must travel from 0 to below logit(0.1) = -2.2 in a few steps: a large score lr.
+  ("sigmoid_threshold", {"pruning.initial_level": 0.0, "pruning.final_level": 0.1,
+                         "pruning.final_lambda": 50.0, "optim.score_learning_rate": 2.0}),
+  ("l0", {"pruning.initial_level": 1.0, "pruning.final_level": 1.0, "pruning.final_lambda": 5.0,
+          "pruning.score_scale": 2.197}),
+  ("none", {"pruning.final_level": 1.0}),
+])
+def test_every_method_trains_on_8_devices(tiny_dir, tmp_path, method, extra):
+  c = tiny_config(tiny_dir, **{"pruning.method": method, **extra})
+  results = trainer.train_and_evaluate(c, tmp_path)
+  assert results["step"] == 6
+  assert set(results["metrics"]) == {"accuracy", "f1"}
+  rows = read_metrics(tmp_path)
+  train_rows = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
+  assert all(np.isfinite(r["train/loss"]) for r in train_rows)
+  assert [r["step"] for r in rows if "eval/accuracy" in r] == [3, 6]
+  if method in ("topk", "magnitude"):
+    # Cubic schedule with t_i = 1, t_f = 2 over 6 steps: dense at step 1, final from step 4.
+    levels = [r["train/level"] for r in train_rows]
+    assert levels[0] == 1.0 and levels[-1] == pytest.approx(0.1)
+    assert results["remaining_weights_plain"] == pytest.approx(0.1, abs=1e-3)
+    assert results["remaining_weights_paper"] > results["remaining_weights_plain"]
+  if method == "sigmoid_threshold":
+    assert max(r["train/lambda"] for r in train_rows) > 0
+    assert results["remaining_weights_plain"] < 1.0
+  if method == "none":
+    assert results["remaining_weights_paper"] == 1.0
+  assert (tmp_path / "eval_results.json").is_file()
+  assert json.loads((tmp_path / "config.json").read_text())["pruning"]["method"] == method
+
+
+def test_report_export_and_cli_export(tiny_dir, tmp_path):
+  c = tiny_config(tiny_dir, **{"train.report": True, "train.export": True})
+  results = trainer.train_and_evaluate(c, tmp_path / "run")
+  for name in ("remaining.md", "remaining.csv", "remaining_by_layer.png", "scores_vs_weights.png"):
+    assert (tmp_path / "run" / "report" / name).is_file(), name
+  export = tmp_path / "run" / "export"
+  assert {"config.json", "model.safetensors", "flax_model.msgpack", "README.md"} <= {
+    p.name for p in export.iterdir()}
+  # The exported weights hold exactly the kept fraction of each pruned kernel.
+  from mvp_jax.models import hf
+  _, params = hf.load_pretrained(str(export), head="classification")
+  q = np.asarray(params["bert"]["encoder"]["layer"]["0"]["attention"]["self"]["query"]["kernel"])
+  assert (q != 0).mean() == pytest.approx(0.1, abs=1 / q.size)
+  card = (export / "README.md").read_text()
+  assert "topk" in card
+  # The export command line rebuilds the same folder from the checkpoint.
+  r = subprocess.run([sys.executable, "-m", "mvp_jax.export", "--workdir", str(tmp_path / "run"),
+                      "--out", str(tmp_path / "again")], capture_output=True, text=True,
+                     timeout=300, cwd=REPO)
+  assert r.returncode == 0, r.stderr[-2000:]
+  _, again = hf.load_pretrained(str(tmp_path / "again"), head="classification")
+  np.testing.assert_array_equal(
+    again["bert"]["encoder"]["layer"]["0"]["attention"]["self"]["query"]["kernel"], q)
+  assert results["metrics"]
+
+
+def test_distillation_from_a_dense_teacher(tiny_dir, tmp_path):
+  teacher = tiny_config(tiny_dir, **{"pruning.method": "none", "pruning.final_level": 1.0,
+                                     "train.export": True})
+  trainer.train_and_evaluate(teacher, tmp_path / "teacher")
+  student = tiny_config(tiny_dir, **{"distill.teacher": str(tmp_path / "teacher" / "export"),
+                                     "distill.alpha_ce": 0.1, "distill.alpha_distil": 0.9})
+  trainer.train_and_evaluate(student, tmp_path / "student")
+  rows = [r for r in read_metrics(tmp_path / "student") if "train/loss" in r]
+  kd = [r["train/distill_loss"] for r in rows]
+  assert all(k > 0 for k in kd)
+  for r in rows:
+    expected = 0.1 * r["train/task_loss"] + 0.9 * r["train/distill_loss"]
+    assert r["train/loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_teacher_without_head_is_refused(tiny_dir, tmp_path):
+  c = tiny_config(tiny_dir, **{"distill.teacher": str(tiny_dir)})
+  with pytest.raises(UserError, match="teacher|head"):
+    trainer.train_and_evaluate(c, tmp_path)
+
+
+def test_tensor_parallel_mesh_and_accumulation_match_data_parallel(tiny_dir, tmp_path):
+  base = tiny_config(tiny_dir, **{"train.max_steps": 4, "train.eval_every_steps": 0})
+  dp = trainer.train_and_evaluate(base, tmp_path / "dp")
+  tp_cfg = tiny_config(tiny_dir, **{"train.max_steps": 4, "train.eval_every_steps": 0,
+                                    "mesh.shape": (4, 2), "mesh.rules": "tensor_parallel"})
+  tp = trainer.train_and_evaluate(tp_cfg, tmp_path / "tp")
+  dp_loss = [r["train/loss"] for r in read_metrics(tmp_path / "dp") if "train/loss" in r]
+  tp_loss = [r["train/loss"] for r in read_metrics(tmp_path / "tp") if "train/loss" in r]
+  np.testing.assert_allclose(tp_loss, dp_loss, rtol=2e-4)
+  assert tp["metrics"]["accuracy"] == pytest.approx(dp["metrics"]["accuracy"], abs=1 / 40)
+  # Two micro-batches of 4 accumulate to the same optimizer step as one batch of 8 (no dropout).
+  nodrop = {"model.hidden_dropout_prob": 0.0, "model.attention_probs_dropout_prob": 0.0,
+            "train.max_steps": 4, "train.eval_every_steps": 0}
+  one = trainer.train_and_evaluate(tiny_config(tiny_dir, **nodrop), tmp_path / "one")
+  acc = trainer.train_and_evaluate(
+    tiny_config(tiny_dir, **nodrop, **{"train.batch_size": 4, "optim.grad_accum_steps": 2,
+                                       "mesh.shape": (4, 2)}),
+    tmp_path / "acc")
+  assert one["step"] == acc["step"] == 4
+  l_one = [r["train/level"] for r in read_metrics(tmp_path / "one") if "train/level" in r]
+  l_acc = [r["train/level"] for r in read_metrics(tmp_path / "acc") if "train/level" in r]
+  assert l_one == l_acc
+  assert acc["metrics"]["accuracy"] == pytest.approx(one["metrics"]["accuracy"], abs=1 / 40)
+  assert acc["remaining_weights_plain"] == one["remaining_weights_plain"]
+
+
+def test_mesh_that_does_not_divide_the_batch_is_a_user_error(tiny_dir, tmp_path):
+  c = tiny_config(tiny_dir, **{"train.batch_size": 12})
+  with pytest.raises(UserError, match="train.batch_size.*12"):
+    trainer.train_and_evaluate(c, tmp_path)
+
+
+def test_finished_run_is_not_retrained_and_changed_config_refused(tiny_dir, tmp_path):
+  c = tiny_config(tiny_dir, **{"train.max_steps": 4, "train.eval_every_steps": 0})
+  first = trainer.train_and_evaluate(c, tmp_path)
+  n_rows = len(read_metrics(tmp_path))
+  again = trainer.train_and_evaluate(c, tmp_path)
+  assert again == first
+  assert len(read_metrics(tmp_path)) == n_rows
+  c2 = tiny_config(tiny_dir, **{"train.max_steps": 4, "train.eval_every_steps": 0,
+                                "pruning.final_level": 0.03})
+  before = sorted(p.name for p in tmp_path.rglob("*"))
+  with pytest.raises(UserError, match="different config.*pruning.final_level"):
+    trainer.train_and_evaluate(c2, tmp_path)
+  assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def _cli(workdir, model_dir, *extra):
+  return [sys.executable, "train.py", "--config", "configs/default.py", "--workdir", str(workdir),
+          f"--config.model.name_or_path={model_dir}", "--config.data.max_train_examples=96",
+          "--config.data.max_eval_examples=40", "--config.data.max_seq_length=32",
+          "--config.train.batch_size=8", "--config.train.eval_batch_size=16",
+          "--config.train.max_steps=8", "--config.train.eval_every_steps=0",
+          "--config.train.checkpoint_every_steps=1", "--config.train.log_every_steps=1",
+          "--config.train.report=False", "--config.train.export=False",
+          "--config.optim.warmup_steps=1", "--config.optim.learning_rate=1e-3", *extra]
+
+
+def test_cli_resume_after_sigkill_matches_uninterrupted_run(tiny_dir, tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  ref = subprocess.run(_cli(tmp_path / "ref", tiny_dir), cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  assert "Remaining encoder weights" in ref.stdout
+  # Start the same run, SIGKILL it once a few checkpoints exist, then re-run the same command.
+  workdir = tmp_path / "killed"
+  proc = subprocess.Popen(_cli(workdir, tiny_dir), cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    steps = [p for p in (workdir / "checkpoints").glob("[0-9]*") if p.name.isdigit()]
+    if len(steps) >= 1 and max(int(p.name) for p in steps) >= 3:
+      break
+    time.sleep(0.2)
+  assert proc.poll() is None, "the run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / "eval_results.json").exists()
+  resumed = subprocess.run(_cli(workdir, tiny_dir), cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resumed from step" in resumed.stderr
+  a = json.loads((tmp_path / "ref" / "eval_results.json").read_text())
+  b = json.loads((workdir / "eval_results.json").read_text())
+  assert a["metrics"] == b["metrics"]
+  assert a["remaining_weights_paper"] == b["remaining_weights_paper"]
+  loss = lambda w: {r["step"]: r["train/loss"] for r in read_metrics(w) if "train/loss" in r}
+  ref_loss, res_loss = loss(tmp_path / "ref"), loss(workdir)
+  assert ref_loss == {s: res_loss[s] for s in ref_loss}  # bitwise, every step
+
+
+def test_cli_user_error_is_one_line_and_leaves_no_workdir(tmp_path):
+  r = subprocess.run([sys.executable, "train.py", "--config", "configs/default.py", "--workdir",
+                      str(tmp_path / "w"), "--config.model.name_or_path=/nonexistent/model"],
+                     cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2
+  assert "Traceback" not in r.stderr
+  assert "/nonexistent/model" in r.stderr
+  assert not (tmp_path / "w").exists()
+  assert run_config.METHODS  # the module is importable without JAX devices
