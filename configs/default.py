@@ -85,7 +85,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.rules = "data_parallel"  # Partition rules: "data_parallel" or "tensor_parallel".
 
   c.distributed = ml_collections.ConfigDict()
-  c.distributed.coordinator_address = ""  # "host:port" of process 0 for multi-host ("" = off).
+  # "host:port" of process 0 for multi-host; "auto" lets JAX find a TPU pod/SLURM cluster; "" = off.
+  c.distributed.coordinator_address = ""
   c.distributed.num_processes = 1  # Processes in the cluster.
   c.distributed.process_id = 0  # This process's index.
   return c

@@ -394,6 +394,15 @@ def fold_masks(
 
   For l0 this is the continuous mask ``clip(sigmoid(S) * 1.2 - 0.1, 0, 1)``, so surviving
   weights are rescaled, as in the reference ``bertarize.py``.
+
+  Args:
+    params: pytree of arrays.
+    scores: from `init_scores` (``{}`` for magnitude).
+    level: as in `apply_masks` (usually the schedule's final level).
+    spec: the pruning spec.
+
+  Returns:
+    The tree of ``params`` (same container types and dtypes), pruned entries exactly 0.
   """
   return apply_masks(params, scores, level, spec, rng=None)
 

@@ -309,7 +309,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """
   run_config.validate(config)
   workdir = pathlib.Path(workdir)
-  if config.distributed.num_processes > 1:
+  if config.distributed.coordinator_address == "auto":
+    sharding.initialize_distributed()  # TPU pods / SLURM: JAX finds the cluster itself
+  elif config.distributed.num_processes > 1:
     sharding.initialize_distributed(config.distributed.coordinator_address,
                                     config.distributed.num_processes,
                                     config.distributed.process_id)
@@ -356,9 +358,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   if main:
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(workdir / "config.json", run_config.to_json(config))
-    _write_atomic(workdir / "labels.json",
-                  json.dumps({"kind": task.kind, "label_names": list(task.label_names or [])}))
 
   # --- state: shapes first, then shardings, then values placed straight into them
   rng = jax.random.PRNGKey(config.seed)
@@ -389,13 +388,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if latest is not None:
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, state_sharding)
-    state, extra = ckpt.restore(latest, target)
+    try:
+      state, extra = ckpt.restore(latest, target)
+    except ValueError as e:
+      # Reliability (issue 7): a checkpoint of another model/pruning shape (reachable with
+      # train.allow_config_change) is a user error, reported in one line without a traceback.
+      raise UserError(" ".join(str(e).split()) + f". Use a new --workdir, or the config that "
+                      f"wrote {workdir / 'checkpoints'}.") from None
     train_iter.restore(extra["data"])
     logging.info("Resumed from step %d (optimizer step %d) in %s", latest, latest // accum,
                  workdir / "checkpoints")
   else:
     state = jax.jit(init_state, out_shardings=state_sharding)(init_params, scores0, state_rng)
   del init_params, scores0
+  if main:
+    # Written only now (issue 7): a run refused above (e.g. a checkpoint that does not fit) leaves
+    # the workdir's config.json as it was.
+    _write_atomic(workdir / "config.json", run_config.to_json(config))
+    _write_atomic(workdir / "labels.json",
+                  json.dumps({"kind": task.kind, "label_names": list(task.label_names or [])}))
 
   total_micro = steps * accum
   start = int(state.step)
@@ -448,7 +459,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
+  jit_all_finite = jax.jit(_all_finite)
+
   def save(st: TrainState, metrics: dict[str, float] | None = None, force: bool = False) -> None:
+    # Issue 7: a finite loss does not prove the update was finite (an overflowing step writes
+    # inf/NaN params whose loss only shows one step later), so check the state itself; one
+    # reduction per checkpoint.
+    if not bool(jit_all_finite(st.params, st.scores)):
+      opt_step = int(st.step) // accum
+      ckpt.wait()
+      last = ckpt.latest_step()
+      where = f"step {last // accum}" if last is not None else "none yet"
+      raise FloatingPointError(
+        f"non-finite parameters or scores after optimizer step {opt_step}; stopped without "
+        f"saving it. The last good checkpoint is kept ({where}). Lower the learning rates or "
+        "check the data.")
     extra = {"data": train_iter.state(), "optimizer_step": int(st.step) // accum}
     ckpt.save(int(st.step), st, extra=extra, metrics=metrics, force=force)
 
@@ -524,6 +549,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   if not eval_metrics:  # resumed exactly at the end of training
     eval_metrics = run_eval(state)
+    # Issue 7: the killed run may have died before its final eval row; log it (same values).
+    with logging_utils.MetricsWriter(workdir, enabled=main) as final_writer:
+      final_writer.write(steps, eval_metrics, prefix="eval")
   rem = remaining(state, final_level)
   results = {"metrics": eval_metrics, "remaining_weights_paper": rem["paper"],
              "remaining_weights_plain": rem["plain"], "step": steps,
@@ -559,14 +587,28 @@ def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]], accum: int,
                   ckpt: checkpoint.Checkpointer) -> None:
   for micro, m in pending:
     loss = float(m["loss"])
+    grad_norm = float(m["grad_norm"])
+    if not np.isfinite(grad_norm) and np.isfinite(loss):
+      # Issue 7: finite loss, non-finite gradients: the update is poisoned; stop before saving.
+      loss = grad_norm
+      what = "gradient norm"
+    else:
+      what = "loss"
     if not np.isfinite(loss):
       ckpt.wait()
       last = ckpt.latest_step()
       where = f"step {last // accum}" if last is not None else "none yet"
       raise FloatingPointError(
-        f"non-finite loss ({loss}) at optimizer step {(micro - 1) // accum + 1} (micro-step "
+        f"non-finite {what} ({loss}) at optimizer step {(micro - 1) // accum + 1} (micro-step "
         f"{micro}); stopped. The last good checkpoint is kept ({where}). Lower the learning "
         "rates or check the data.")
+
+
+def _all_finite(params: PyTree, scores: PyTree) -> jax.Array:
+  """True (bool scalar) iff every float leaf of params and scores is finite."""
+  leaves = [x for x in jax.tree.leaves((params, scores)) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves \
+    else jnp.bool_(True)
 
 
 def _fmt(metrics: Mapping[str, float]) -> str:
