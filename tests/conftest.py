@@ -5,14 +5,20 @@ The device count must be fixed before the JAX backend initialises, hence at impo
 
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# One compilation cache for the whole session, shared with the train.py subprocesses the tests
+# start: the tiny runs compile the same steps many times, and compiling dominates their cost.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mvp_jax_xla_cache_"))
+
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 import pytest  # noqa: E402
 

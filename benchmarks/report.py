@@ -1,0 +1,359 @@
+"""Renders the benchmark results (benchmarks/results/*.json) as markdown tables in docs/results.md.
+
+Each benchmark owns one block of the document, between markers::
+
+  <!-- bench:step:begin -->
+  ...generated...
+  <!-- bench:step:end -->
+
+Re-rendering replaces only those blocks, so hand-written sections (accuracy tables, notes) around
+them are kept. A block whose markers are missing is appended at the end of the document; a result
+file that does not exist leaves its block as it is.
+
+  python benchmarks/report.py                      # update docs/results.md
+  python benchmarks/report.py --print              # print the blocks instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "results.md"
+
+DOC_HEADER = """# Results
+
+Speed and memory blocks are generated from `benchmarks/results/*.json` by
+`python benchmarks/report.py`; edit the text outside the `bench:` markers only.
+"""
+
+MIB = 2**20
+
+
+# ----------------------------------------------------------------------------------------------
+# Formatting helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _f(x: Any, fmt: str = "{:.3f}", missing: str = "n/a") -> str:
+  return missing if x is None else fmt.format(x)
+
+
+def _ms(seconds: float | None) -> str:
+  return _f(None if seconds is None else 1000 * seconds, "{:.1f}")
+
+
+def _mib(n: int | None) -> str:
+  if n is None:
+    return "n/a"
+  return f"{n / MIB:.0f}" if n >= 10 * MIB else f"{n / MIB:.2f}"
+
+
+def _ratio(x: float | None) -> str:
+  return _f(x, "{:.2f}x")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+  out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  out += ["| " + " | ".join(r) + " |" for r in rows]
+  return out
+
+
+def _provenance(res: dict[str, Any]) -> list[str]:
+  """One line on where and when, plus a warning for --quick runs."""
+  m = res.get("machine", {})
+  v = res.get("versions", {})
+  cpu = m.get("cpu_model") or m.get("processor") or "an unrecorded CPU"
+  cores = m.get("usable_cores") or m.get("cpu_count")
+  versions = ", ".join(f"{k} {v[k]}" for k in ("jax", "flax", "torch", "transformers") if v.get(k))
+  if not versions and res.get("jax"):
+    versions = f"jax {res['jax']}"
+  device = res.get("device", res.get("backend", "?"))
+  lines = [f"Run {res.get('date', '?')} on {cpu} ({cores} cores), device `{device}`; {versions}."]
+  if res.get("quick"):
+    lines += [
+      "",
+      "> **Quick (smoke) run: tiny sizes, disturbed machine. These numbers say that "
+      "the benchmark runs, nothing about speed.**",
+    ]
+  return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# Blocks
+# ----------------------------------------------------------------------------------------------
+
+
+def render_masks(res: dict[str, Any]) -> str:
+  """benchmarks/masks.py: sort-free threshold vs sort / lax.top_k."""
+  lines = ["### Top-k threshold: sort-free vs sort", ""] + _provenance(res) + [""]
+  rows = []
+  for r in res.get("threshold", []):
+    rows.append(
+      [
+        r["name"],
+        f"{r['leaves']}",
+        _ms(r["ours_local_s"]),
+        _ms(r["sort_local_s"]),
+        _ms(r["top_k_local_s"]),
+        _ratio(r["sort_over_ours_local"]),
+        _ms(r["ours_global_s"]),
+        _ms(r["sort_global_s"]),
+        _ms(r["top_k_global_s"]),
+        _ratio(r["sort_over_ours_global"]),
+      ]
+    )
+  lines += _table(
+    [
+      "scores",
+      "matrices",
+      "ours local ms",
+      "sort local ms",
+      "lax.top_k local ms",
+      "sort / ours (local)",
+      "ours global ms",
+      "sort global ms",
+      "lax.top_k global ms",
+      "sort / ours (global)",
+    ],
+    rows,
+  )
+  ts = res.get("train_step")
+  if ts:
+    lines += [
+      "",
+      f"Masked forward+backward of a {ts['layers']}-layer stack (hidden "
+      f"{ts['hidden']}, FFN {ts['ffn']}, batch {ts['batch']} x {ts['seq']}), no "
+      f"optimizer: dense {_ms(ts['dense_s'])} ms, local top-k "
+      f"{_ms(ts['masked_topk_local_s'])} ms ({_ratio(ts['masked_over_dense'])} dense).",
+    ]
+  return "\n".join(lines)
+
+
+def _step_model(name: str, sec: dict[str, Any]) -> list[str]:
+  m, s = sec["model"], sec["settings"]
+  lines = [
+    f"#### {name}: hidden {m['hidden_size']}, {m['num_hidden_layers']} layers, "
+    f"{m['num_attention_heads']} heads, FFN {m['intermediate_size']}; batch "
+    f"{s['batch_size']} x seq {s['seq_len']}",
+    "",
+    f"{m['parameters']:,} parameters, {m['pruned_parameters']:,} of them in pruned "
+    f"matrices. Keep fraction {s['level']} (tau {s['tau']:.3f} for sigmoid_threshold), "
+    f"scores {s['score_init']}, dropout {s['dropout']}. Medians of {s['rounds']} "
+    f"round-robin rounds x {s['steps']} steps.",
+    "",
+  ]
+  within = sec.get("target", {}).get("within", {})
+  rows = []
+  for v, r in sec["variants"].items():
+    if v.startswith("torch_"):
+      continue
+    mem = r.get("memory_bytes", {})
+    dense_temp = sec["variants"].get("dense", {}).get("memory_bytes", {}).get("temp")
+    temp_ratio = mem["temp"] / dense_temp if mem.get("temp") and dense_temp else None
+    ok = {True: "yes", False: "**no**"}.get(within.get(v), "")
+    rows.append(
+      [
+        f"`{v}`",
+        _ms(r["median_s"]),
+        _ratio(r.get("ratio_to_dense")),
+        ok,
+        _mib(mem.get("peak")),
+        _ratio(r.get("memory_ratio_to_dense")),
+        _mib(mem.get("temp")),
+        _ratio(temp_ratio),
+        _f(r.get("compile_s"), "{:.0f}"),
+      ]
+    )
+  lines += _table(
+    [
+      "variant",
+      "step ms (median)",
+      "time / dense",
+      "within 5%",
+      "peak MiB (compiled)",
+      "memory / dense",
+      "temp MiB",
+      "temp / dense",
+      "compile s",
+    ],
+    rows,
+  )
+  sort = sec.get("sort_over_sort_free") or {}
+  notes = [
+    f"sort-per-forward `{k}_sort` takes {_ratio(x)} the time of sort-free `{k}`"
+    for k, x in sort.items()
+  ]
+  if notes:
+    lines += ["", "Reference approach in the same run: " + "; ".join(notes) + "."]
+  tv = {v: r for v, r in sec["variants"].items() if v.startswith("torch_")}
+  if tv:
+    lines += [
+      "",
+      f"PyTorch (`torch.set_num_threads({s.get('torch_threads')})`, as many as XLA "
+      "uses; eager mode, transformers' default attention; same checkpoint and batch; "
+      "forward + backward + clip + AdamW; `torch_topk_sort` sorts the scores of the six "
+      "encoder matrices per layer on every forward, straight-through backward):",
+      "",
+    ]
+    lines += _table(
+      ["variant", "step ms (median)", "time / torch dense", "time / JAX dense"],
+      [
+        [
+          f"`{v}`",
+          _ms(r["median_s"]),
+          _ratio(r.get("ratio_to_torch_dense")),
+          _ratio(r.get("ratio_to_jax_dense")),
+        ]
+        for v, r in tv.items()
+      ],
+    )
+  rss = sec.get("rss_bytes") or {}
+  extra = f"Process peak RSS after this model: {_mib(rss.get('peak'))} MiB"
+  if sec.get("device_peak_bytes_in_use"):
+    extra += f"; device peak_bytes_in_use {_mib(sec['device_peak_bytes_in_use'])} MiB"
+  lines += ["", extra + "."]
+  return lines
+
+
+def render_step(res: dict[str, Any]) -> str:
+  """benchmarks/step.py: train-step time and memory per pruning method."""
+  lines = (
+    ["### Train step: dense vs pruning methods", ""]
+    + _provenance(res)
+    + [
+      "",
+      "The real `trainer.train_step` (jitted as the trainer does, state donated), all variants "
+      "round-robin in one process. Peak memory is the compiled step's memory analysis "
+      "(arguments + outputs - donated aliases + temporaries): the state of a pruned run also "
+      "holds the scores and their Adam moments. Target (issue 6): a movement-pruning step within "
+      "5% of the dense step.",
+      "",
+    ]
+  )
+  for name, sec in res.get("models", {}).items():
+    lines += _step_model(name, sec) + [""]
+  return "\n".join(lines).rstrip()
+
+
+def render_eval(res: dict[str, Any]) -> str:
+  """Evaluation throughput of the exported model (step.json's eval_throughput)."""
+  ev = res.get("eval_throughput", res)
+  s = ev["settings"]
+  lines = (
+    ["### Evaluation throughput of the exported model", ""]
+    + _provenance(res)
+    + [
+      "",
+      f"Model {ev['model']['num_hidden_layers']} layers, hidden {ev['model']['hidden_size']}; "
+      f"batch {s['batch_size']} x seq {s['seq_len']}, deterministic forward. The pruned export "
+      f"has {100 * ev['zero_fraction_of_pruned_matrices']['pruned']:.1f}% zeros in its pruned "
+      "matrices, stored dense.",
+      "",
+    ]
+  )
+  rows = []
+  for v, r in ev["variants"].items():
+    fw = v.split("_", 1)[0]
+    dense = ev["variants"].get(f"{fw}_dense", {}).get("examples_per_s")
+    rows.append(
+      [
+        f"`{v}`",
+        _ms(r["median_s"]),
+        _f(r["examples_per_s"], "{:.0f}"),
+        _ratio(r["examples_per_s"] / dense if dense else None),
+      ]
+    )
+  lines += _table(["variant", "ms / batch (median)", "examples / s", "throughput / dense"], rows)
+  return "\n".join(lines)
+
+
+def _eval_source(results_dir: pathlib.Path) -> dict[str, Any] | None:
+  own = _load(results_dir / "eval_throughput.json")
+  if own is not None:
+    return own
+  step = _load(results_dir / "step.json")
+  return step if step and "eval_throughput" in step else None
+
+
+def _load(path: pathlib.Path) -> dict[str, Any] | None:
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+BLOCKS: dict[str, tuple[Callable[[pathlib.Path], dict | None], Callable[[dict], str]]] = {
+  "masks": (lambda d: _load(d / "masks.json"), render_masks),
+  "step": (lambda d: _load(d / "step.json"), render_step),
+  "eval": (_eval_source, render_eval),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Document update
+# ----------------------------------------------------------------------------------------------
+
+
+def render_blocks(results_dir: pathlib.Path = RESULTS_DIR) -> dict[str, str]:
+  """{block name: markdown} for every result file that exists."""
+  out = {}
+  for name, (load, render) in BLOCKS.items():
+    res = load(results_dir)
+    if res is not None:
+      out[name] = render(res)
+  return out
+
+
+def replace_blocks(text: str, blocks: dict[str, str]) -> str:
+  """``text`` with each named block's content replaced (appended when its markers are absent)."""
+  for name, body in blocks.items():
+    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
+    block = f"{begin}\n{body}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+      text = pattern.sub(lambda _, b=block: b, text, count=1)
+    else:
+      text = text.rstrip("\n") + "\n\n" + block + "\n"
+  return text
+
+
+def update_doc(doc: pathlib.Path = DOC, results_dir: pathlib.Path = RESULTS_DIR) -> str:
+  """Rewrites the generated blocks of ``doc`` (created with a header if missing)."""
+  text = doc.read_text() if doc.exists() else DOC_HEADER + "\n## Speed and memory\n"
+  text = replace_blocks(text, render_blocks(results_dir))
+  doc.parent.mkdir(parents=True, exist_ok=True)
+  doc.write_text(text)
+  return text
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--results-dir",
+    type=pathlib.Path,
+    default=RESULTS_DIR,
+    help=f"folder of the result JSON files (default {RESULTS_DIR})",
+  )
+  parser.add_argument(
+    "--doc", type=pathlib.Path, default=DOC, help=f"markdown file to update (default {DOC})"
+  )
+  parser.add_argument(
+    "--print", action="store_true", help="print the rendered blocks instead of writing --doc"
+  )
+  args = parser.parse_args(argv)
+  if args.print:
+    for name, body in render_blocks(args.results_dir).items():
+      print(f"<!-- bench:{name} -->\n{body}\n")
+    return
+  update_doc(args.doc, args.results_dir)
+  print(f"updated {args.doc}")
+
+
+if __name__ == "__main__":
+  main()

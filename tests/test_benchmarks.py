@@ -1,0 +1,121 @@
+"""Smoke tests of the benchmark scripts: they still run, and the sort-based top-k they compare
+against is the same mask as ours. No timing is asserted."""
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mvp_jax import masks
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+  spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def step():
+  return _load("step")
+
+
+@pytest.fixture(scope="module")
+def report():
+  return _load("report")
+
+
+def _tied_scores():
+  """Scores with many ties (rounded to 0.1), a -0.0 next to a +0.0, several shapes."""
+  rng = np.random.default_rng(3)
+  shapes = [(16, 24), (24, 16), (7, 5), (1, 1)]
+  out = [jnp.asarray(np.round(rng.standard_normal(s), 1), jnp.float32) for s in shapes]
+  out[2] = out[2].at[0, 0].set(-0.0).at[0, 1].set(0.0)
+  return out
+
+
+@pytest.mark.parametrize("level", [0.0, 0.03, 0.1, 0.37, 0.5, 0.999, 1.0])
+def test_sort_masks_equal_sort_free(step, level):
+  scores = _tied_scores()
+  ours_local = jax.jit(masks.local_topk_masks)(scores, jnp.float32(level))
+  sort_local = jax.jit(step.sort_topk_masks)(scores, jnp.float32(level))
+  for a, b, s in zip(ours_local, sort_local, scores, strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(b.sum()) == int(masks.keep_count(level, s.size))
+  ours_global = jax.jit(masks.global_topk_masks)(scores, jnp.float32(level))
+  sort_global = jax.jit(step.sort_global_topk_masks)(scores, jnp.float32(level))
+  for a, b in zip(ours_global, sort_global, strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sort_masks_are_straight_through(step):
+  s = _tied_scores()[0]
+  w = jnp.arange(s.size, dtype=jnp.float32).reshape(s.shape)
+  grad = jax.grad(lambda x: (step.sort_topk_masks([x], 0.3)[0] * w).sum())(s)
+  np.testing.assert_array_equal(np.asarray(grad), np.asarray(w))
+
+
+def test_step_benchmark_runs_and_writes_results(step, report, tmp_path):
+  out = tmp_path / "step.json"
+  args = step.parse_args(
+    [
+      "--quick",
+      "--only",
+      "minilm",
+      "--rounds",
+      "1",
+      "--steps",
+      "1",
+      "--out",
+      str(out),
+    ]
+  )
+  step.run(
+    args,
+    log=lambda _: None,
+    compiler_options=step.FAST_COMPILE,
+    quick_config=step.tiny_config(layers=1),
+  )
+  res = json.loads(out.read_text())
+  assert res["quick"] is True and res["benchmark"] == "step"
+  for key in ("date", "machine", "versions", "backend", "device"):
+    assert key in res
+  assert {"jax", "flax", "torch"} <= set(res["versions"])
+  sec = res["models"]["minilm"]
+  # The default variants (the global sort variant is checked by the mask-equality test).
+  assert set(sec["variants"]) == set(step.DEFAULT_VARIANTS) | set(step.TORCH_VARIANTS)
+  for name, row in sec["variants"].items():
+    assert row["n"] == 1 and row["median_s"] > 0, name
+    ratio = "ratio_to_torch_dense" if name.startswith("torch_") else "ratio_to_dense"
+    assert row[ratio] > 0, name
+    if not name.startswith("torch_"):
+      assert row["memory_bytes"]["peak"] > 0, name
+  assert sec["variants"]["dense"]["ratio_to_dense"] == 1.0
+  assert set(sec["sort_over_sort_free"]) == {"topk_local"}
+  assert "topk_local" in sec["target"]["within"]
+  ev = res["eval_throughput"]
+  assert set(ev["variants"]) == {"jax_dense", "jax_pruned", "torch_dense", "torch_pruned"}
+  assert ev["zero_fraction_of_pruned_matrices"]["dense"] < 0.5
+  assert ev["zero_fraction_of_pruned_matrices"]["pruned"] >= 0.89
+  assert set(ev["pruned_over_dense_throughput"]) == {"jax", "torch"}
+
+  # The report renders it, and re-rendering only replaces the marked blocks.
+  doc = tmp_path / "results.md"
+  doc.write_text("# Results\n\nhand-written accuracy notes\n")
+  report.update_doc(doc, tmp_path)
+  first = doc.read_text()
+  assert "hand-written accuracy notes" in first
+  assert first.count("<!-- bench:step:begin -->") == 1
+  assert first.count("<!-- bench:eval:begin -->") == 1
+  assert "`topk_local_sort`" in first and "`torch_topk_sort`" in first
+  report.update_doc(doc, tmp_path)
+  assert doc.read_text() == first
