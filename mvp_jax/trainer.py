@@ -251,10 +251,18 @@ def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDi
 
 def _load_teacher(config: ml_collections.ConfigDict, task: tasks.Task, head: str, dtype: Any):
   teacher_path = config.distill.teacher
-  teacher_model, teacher_params = hf.load_pretrained(teacher_path, head=head,
-                                                     num_labels=task.num_labels, dtype=dtype,
-                                                     require_head=True)
+  # Issue 7: load the teacher with its own label count (num_labels=None) and compare it with the
+  # task's, so a teacher of another task is named as such rather than as a head-shape mismatch.
+  teacher_model, teacher_params = hf.load_pretrained(teacher_path, head=head, num_labels=None,
+                                                     dtype=dtype, require_head=True)
   t_labels = tuple(getattr(teacher_model.config, "label_names", ()) or ())
+  t_count = getattr(teacher_model.config, "num_labels", task.num_labels)
+  if head == "classification" and t_count != task.num_labels:
+    shown = f" {t_labels}" if t_labels else ""
+    raise UserError(f"config.distill.teacher: {teacher_path} was trained on {t_count} labels"
+                    f"{shown}, but the task has {task.num_labels}"
+                    f"{' ' + str(tuple(task.label_names)) if task.label_names else ''}. Use a "
+                    "teacher fine-tuned on this task.")
   if head == "classification" and t_labels and task.label_names and \
       tuple(t_labels) != tuple(task.label_names):
     raise UserError(f"config.distill.teacher: {teacher_path} was trained on labels {t_labels}, "
@@ -536,7 +544,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         save(state, metrics=eval_metrics if eval_now else None, force=True)
       if stop_signal["signum"] is not None and not is_last:
         _check_finite(pending, accum, ckpt)
-        save(state, force=True)
+        if not ckpt_now:  # issue 7: saving a step twice raises orbax's StepAlreadyExistsError
+          save(state, force=True)
         ckpt.wait()
         raise Preempted(stop_signal["signum"], opt_step)
   finally:

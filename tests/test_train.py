@@ -17,41 +17,12 @@ from mvp_jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tiny_bert import make_tiny_bert  # noqa: E402
-
-from configs import default  # noqa: E402
+from tiny_bert import cli_args, make_tiny_bert, read_metrics, tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
   return make_tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")
-
-
-def tiny_config(model_dir, **overrides):
-  c = default.get_config()
-  c.model.name_or_path = str(model_dir)
-  c.data.max_train_examples = 96
-  c.data.max_eval_examples = 40
-  c.data.max_seq_length = 32
-  c.train.batch_size = 8
-  c.train.eval_batch_size = 16
-  c.train.max_steps = 6
-  c.train.eval_every_steps = 3
-  c.train.checkpoint_every_steps = 2
-  c.train.log_every_steps = 1
-  c.train.progress_bar = False
-  c.train.report = False
-  c.train.export = False
-  c.optim.warmup_steps = 1
-  c.optim.learning_rate = 1e-3
-  for key, value in overrides.items():
-    group, name = key.split(".")
-    c[group][name] = value
-  return c
-
-
-def read_metrics(workdir):
-  return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").open()]
 
 
 @pytest.mark.parametrize("method,extra", [
@@ -184,15 +155,7 @@ def test_finished_run_is_not_retrained_and_changed_config_refused(tiny_dir, tmp_
   assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
-def _cli(workdir, model_dir, *extra):
-  return [sys.executable, "train.py", "--config", "configs/default.py", "--workdir", str(workdir),
-          f"--config.model.name_or_path={model_dir}", "--config.data.max_train_examples=96",
-          "--config.data.max_eval_examples=40", "--config.data.max_seq_length=32",
-          "--config.train.batch_size=8", "--config.train.eval_batch_size=16",
-          "--config.train.max_steps=8", "--config.train.eval_every_steps=0",
-          "--config.train.checkpoint_every_steps=1", "--config.train.log_every_steps=1",
-          "--config.train.report=False", "--config.train.export=False",
-          "--config.optim.warmup_steps=1", "--config.optim.learning_rate=1e-3", *extra]
+_cli = cli_args  # shared with test_reliability.py and benchmarks/faults.py
 
 
 def test_cli_resume_after_sigkill_matches_uninterrupted_run(tiny_dir, tmp_path):

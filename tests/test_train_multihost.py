@@ -29,6 +29,7 @@ def _cmd(workdir, model_dir, *extra):
           "--config.train.checkpoint_every_steps=2", "--config.train.log_every_steps=1",
           "--config.train.report=False", "--config.train.export=False",
           "--config.train.progress_bar=False", "--config.optim.warmup_steps=1",
+          "--config.pruning.initial_warmup=1",
           "--config.optim.learning_rate=1e-3", *extra]
 
 
