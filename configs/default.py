@@ -47,12 +47,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.pruning.score_scale = 0.0  # Constant value / uniform half-width (L0 paper runs: 2.197).
   c.pruning.initial_level = 1.0  # Keep fraction (topk, magnitude) or tau (soft) at the start.
   c.pruning.final_level = 0.10  # Keep fraction (topk, magnitude) or tau (soft) at the end.
-  c.pruning.initial_warmup = 1  # Dense warm-up, in units of optim.warmup_steps (reference).
+  c.pruning.initial_warmup = 2  # Dense warm-up, in units of optim.warmup_steps (reference: 1).
   c.pruning.final_warmup = 2  # Cool-down at the final level, in units of optim.warmup_steps.
   c.pruning.final_lambda = 0.0  # Regulariser weight at the end (soft movement, L0).
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.learning_rate = 5e-5  # Peak learning rate of the weights (AdamW).
+  c.optim.learning_rate = 1e-4  # Peak learning rate of the weights (AdamW).
   c.optim.score_learning_rate = 1e-2  # Peak learning rate of the scores (Adam, no decay).
   c.optim.weight_decay = 0.0  # AdamW decay on weights (never on biases, LayerNorm or scores).
   c.optim.warmup_steps = 40  # Linear LR warm-up, in optimizer steps (also the pruning unit).
