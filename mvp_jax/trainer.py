@@ -474,14 +474,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # inf/NaN params whose loss only shows one step later), so check the state itself; one
     # reduction per checkpoint.
     if not bool(jit_all_finite(st.params, st.scores)):
-      opt_step = int(st.step) // accum
-      ckpt.wait()
-      last = ckpt.latest_step()
-      where = f"step {last // accum}" if last is not None else "none yet"
-      raise FloatingPointError(
-        f"non-finite parameters or scores after optimizer step {opt_step}; stopped without "
-        f"saving it. The last good checkpoint is kept ({where}). Lower the learning rates or "
-        "check the data.")
+      _stop_non_finite(f"non-finite parameters or scores after optimizer step "
+                       f"{int(st.step) // accum}; stopped without saving it", ckpt, accum)
     extra = {"data": train_iter.state(), "optimizer_step": int(st.step) // accum}
     ckpt.save(int(st.step), st, extra=extra, metrics=metrics, force=force)
 
@@ -604,13 +598,17 @@ def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]], accum: int,
     else:
       what = "loss"
     if not np.isfinite(loss):
-      ckpt.wait()
-      last = ckpt.latest_step()
-      where = f"step {last // accum}" if last is not None else "none yet"
-      raise FloatingPointError(
-        f"non-finite {what} ({loss}) at optimizer step {(micro - 1) // accum + 1} (micro-step "
-        f"{micro}); stopped. The last good checkpoint is kept ({where}). Lower the learning "
-        "rates or check the data.")
+      _stop_non_finite(f"non-finite {what} ({loss}) at optimizer step {(micro - 1) // accum + 1} "
+                       f"(micro-step {micro}); stopped", ckpt, accum)
+
+
+def _stop_non_finite(problem: str, ckpt: checkpoint.Checkpointer, accum: int) -> None:
+  """Raises FloatingPointError naming the problem and the last good checkpoint kept."""
+  ckpt.wait()
+  last = ckpt.latest_step()
+  where = f"step {last // accum}" if last is not None else "none yet"
+  raise FloatingPointError(f"{problem}. The last good checkpoint is kept ({where}). Lower the "
+                           "learning rates or check the data.")
 
 
 def _all_finite(params: PyTree, scores: PyTree) -> jax.Array:

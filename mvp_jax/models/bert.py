@@ -298,7 +298,7 @@ class BertSelfAttention(nn.Module):
 
 
 class BertSelfOutput(nn.Module):
-  """Dense + dropout + residual LayerNorm after attention (HF's `attention/output`)."""
+  """Dense + dropout + residual LayerNorm (HF's `attention/output`, and `output` as BertOutput)."""
 
   config: BertConfig
   dtype: jnp.dtype = jnp.float32
@@ -335,18 +335,9 @@ class BertIntermediate(nn.Module):
     return ACTIVATIONS[cfg.hidden_act](y)
 
 
-class BertOutput(nn.Module):
-  config: BertConfig
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, hidden: Array, residual: Array, deterministic: bool) -> Array:
-    cfg = self.config
-    y = nn.Dense(cfg.hidden_size, kernel_init=_dense_init(cfg), dtype=self.dtype,
-                 param_dtype=jnp.float32, name="dense")(hidden)
-    y = nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, param_dtype=jnp.float32,
-                        name="LayerNorm")(y + residual)
+# The feed-forward block ends exactly like attention: dense, dropout, residual LayerNorm (HF's
+# `output` has the same parameters as `attention/output`).
+BertOutput = BertSelfOutput
 
 
 class BertLayer(nn.Module):
