@@ -49,26 +49,25 @@ def mcc(labels: np.ndarray, preds: np.ndarray) -> float:
   return float(matthews_corrcoef(np.asarray(labels), np.asarray(preds)))
 
 
-def pearson(labels: np.ndarray, preds: np.ndarray) -> float:
-  """Pearson correlation (STS-B). labels, preds: float [N]; nan if either is constant."""
-  from scipy.stats import pearsonr
+def _correlation(name: str, labels: np.ndarray, preds: np.ndarray) -> float:
+  """scipy.stats.<name>(labels, preds) statistic; nan if either input is constant."""
+  import scipy.stats
 
   _check_same_length(labels, preds)
   labels, preds = np.asarray(labels, np.float64), np.asarray(preds, np.float64)
   if np.ptp(labels) == 0 or np.ptp(preds) == 0:
     return float("nan")
-  return float(pearsonr(labels, preds)[0])
+  return float(getattr(scipy.stats, name)(labels, preds)[0])
+
+
+def pearson(labels: np.ndarray, preds: np.ndarray) -> float:
+  """Pearson correlation (STS-B). labels, preds: float [N]; nan if either is constant."""
+  return _correlation("pearsonr", labels, preds)
 
 
 def spearman(labels: np.ndarray, preds: np.ndarray) -> float:
   """Spearman rank correlation (STS-B). labels, preds: float [N]; nan if either is constant."""
-  from scipy.stats import spearmanr
-
-  _check_same_length(labels, preds)
-  labels, preds = np.asarray(labels, np.float64), np.asarray(preds, np.float64)
-  if np.ptp(labels) == 0 or np.ptp(preds) == 0:
-    return float("nan")
-  return float(spearmanr(labels, preds)[0])
+  return _correlation("spearmanr", labels, preds)
 
 
 # Which metrics each GLUE task reports (the GLUE leaderboard's choice).
