@@ -1,7 +1,7 @@
 """Speed of the sort-free top-k threshold vs jnp.sort / lax.top_k, and masked train-step cost.
 
-Measures, never asserts. All timings in one run, side by side; results (median seconds and
-ratios) go to benchmarks/results/masks.json.
+Measures, never asserts. All timings in one run, side by side (the threshold variants round-robin,
+one call each per round); results (median seconds and ratios) go to benchmarks/results/masks.json.
 
   python benchmarks/masks.py            # N = 2.4M (768x3072), 21M (3 BERT layers), 85M (12)
   python benchmarks/masks.py --quick    # small sizes, a smoke run
@@ -37,6 +37,23 @@ def _median_time(fn, *args, repeats: int) -> float:
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
   return statistics.median(times)
+
+
+def _round_robin_medians(variants: dict, repeats: int) -> dict[str, float]:
+  """Median seconds per variant, timed round-robin (one call of each per round).
+
+  ``variants`` maps a name to ``(fn, args)``. Interleaving spreads the machine's noise and the
+  allocator state left by the big sorts over every variant instead of the ones timed after them.
+  """
+  for fn, args in variants.values():
+    jax.block_until_ready(fn(*args))  # compile + warm up
+  times: dict[str, list[float]] = {name: [] for name in variants}
+  for _ in range(repeats):
+    for name, (fn, args) in variants.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _bert_kernel_shapes(layers: int, hidden: int, ffn: int) -> list[tuple[int, int]]:
@@ -79,13 +96,16 @@ def bench_threshold(name: str, shapes, level: float, repeats: int) -> dict:
 
   lv = jnp.float32(level)
   row = {"name": name, "n": n, "leaves": len(shapes), "level": level}
-  row["ours_local_s"] = _median_time(ours_local, scores, lv, repeats=repeats)
-  row["ours_local_shared_loop_s"] = _median_time(ours_local_shared, scores, lv, repeats=repeats)
-  row["sort_local_s"] = _median_time(sort_local, scores, repeats=repeats)
-  row["top_k_local_s"] = _median_time(topk_local, scores, repeats=repeats)
-  row["ours_global_s"] = _median_time(ours_global, scores, lv, repeats=repeats)
-  row["sort_global_s"] = _median_time(sort_global, scores, repeats=repeats)
-  row["top_k_global_s"] = _median_time(topk_global, scores, repeats=repeats)
+  medians = _round_robin_medians({
+    "ours_local_s": (ours_local, (scores, lv)),
+    "ours_local_shared_loop_s": (ours_local_shared, (scores, lv)),
+    "sort_local_s": (sort_local, (scores,)),
+    "top_k_local_s": (topk_local, (scores,)),
+    "ours_global_s": (ours_global, (scores, lv)),
+    "sort_global_s": (sort_global, (scores,)),
+    "top_k_global_s": (topk_global, (scores,)),
+  }, repeats)
+  row.update(medians)
   for scope in ("local", "global"):
     ours = row[f"ours_{scope}_s"]
     row[f"sort_over_ours_{scope}"] = row[f"sort_{scope}_s"] / ours

@@ -16,7 +16,9 @@ Top-k without sorting
 The k-th largest score is found by bisection on an order-preserving uint32 view of the float32
 scores: 32 passes, each one compare and one count. ``k`` is a traced int32, so a moving sparsity
 schedule never recompiles, and a global top-k over many tensors just sums the per-tensor counts (no
-concatenation): under sharding every pass is a local count plus a scalar all-reduce. Ties at the
+concatenation): under sharding every pass is a local count plus an all-reduce of the count
+(a scalar; on CPU, when the last axis is sharded, one uint16 partial count per row, see
+`count_true`), never a gather of the scores. Ties at the
 threshold value are broken deterministically: among the scores equal to the threshold, the first
 ones in (leaf order, row-major flattened index) order are kept, found by a second bisection over the
 index (only run when the threshold value is tied), so exactly ``k`` entries are kept.
@@ -126,14 +128,32 @@ def ordered_key(x: jax.Array) -> jax.Array:
   return jnp.where(negative, ~b, b | jnp.uint32(0x80000000))
 
 
-def _group_counts(arrays, group_of, n_groups, pred) -> jax.Array:
-  """[G] int32: per group, the sum over its leaves of ``sum(pred(leaf, group))``.
+_U16_LIMIT = 2**16
 
-  Each leaf's count is a local reduction plus (when sharded) a scalar all-reduce.
+
+def count_true(x: jax.Array) -> jax.Array:
+  """[] int32: the number of True entries of the bool array ``x``, exactly.
+
+  On CPU the count is first summed along the last axis in uint16 (exact while that axis is
+  shorter than 2**16), then in int32: XLA's CPU backend vectorises narrow-integer reductions,
+  and this makes every pass of the threshold search about 2.6x faster than one int32 sum
+  (benchmarks/masks.py). Other backends sum in int32 directly. When the last axis is sharded,
+  the per-row partial counts are what is all-reduced.
+  """
+  narrow = jax.default_backend() == "cpu" and x.ndim >= 1 and 1 < x.shape[-1] < _U16_LIMIT
+  if narrow:
+    return jnp.sum(jnp.sum(x, axis=-1, dtype=jnp.uint16), dtype=jnp.int32)
+  return jnp.sum(x, dtype=jnp.int32)
+
+
+def _group_counts(arrays, group_of, n_groups, pred) -> jax.Array:
+  """[G] int32: per group, the sum over its leaves of ``count_true(pred(leaf, group))``.
+
+  Each leaf's count is a local reduction plus (when sharded) an all-reduce of its partial sums.
   """
   per_group = [jnp.int32(0)] * n_groups
   for a, g in zip(arrays, group_of, strict=True):
-    per_group[g] = per_group[g] + jnp.sum(pred(a, g), dtype=jnp.int32)
+    per_group[g] = per_group[g] + count_true(pred(a, g))
   return jnp.stack(per_group)
 
 
@@ -388,7 +408,7 @@ def sigmoid_threshold_mask(
   n_min = min_retention_count(int(s.size), min_retention)
   if n_min > 0:
     hard = lax.cond(
-      jnp.sum(hard, dtype=jnp.int32) < n_min,
+      count_true(hard) < n_min,
       lambda: topk_select([s], jnp.int32(n_min))[0],
       lambda: hard,
     )

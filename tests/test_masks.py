@@ -96,6 +96,17 @@ def test_ordered_key_preserves_order():
   assert (np.diff(np.delete(keys, 4)) > 0).all()
 
 
+
+@pytest.mark.parametrize(
+  "shape", [(), (1,), (7,), (3, 1), (5, 300), (2, 3, 255), (1, 2**16 - 1), (1, 2**16), (2**17,)]
+)
+def test_count_true_is_exact(shape):
+  # Last axes at and just below the uint16 limit: full rows of True must not wrap around.
+  rng = np.random.default_rng(sum(shape) + len(shape))
+  for x in (np.ones(shape, bool), rng.random(shape) < 0.3, np.zeros(shape, bool)):
+    got = jax.jit(masks.count_true)(jnp.asarray(x))
+    assert got.dtype == jnp.int32 and int(got) == int(np.count_nonzero(x))
+
 # ------------------------------------------------------------------------------------------------
 # Top-k against the sort oracle
 
