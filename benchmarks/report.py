@@ -238,7 +238,11 @@ def render_step(res: dict[str, Any]) -> str:
     ]
   )
   for name, sec in res.get("models", {}).items():
-    lines += _step_model(name, sec) + [""]
+    model_lines = _step_model(name, sec)
+    if sec.get("date") and sec["date"] != res.get("date"):
+      # A section kept from an earlier run by `step.py --only`: say when it was measured.
+      model_lines[1:1] = ["", f"Measured in an earlier run ({sec['date']}), kept by `--only`."]
+    lines += model_lines + [""]
   return "\n".join(lines).rstrip()
 
 
@@ -248,7 +252,7 @@ def render_eval(res: dict[str, Any]) -> str:
   s = ev["settings"]
   lines = (
     ["### Evaluation throughput of the exported model", ""]
-    + _provenance(res)
+    + _provenance({**res, "date": ev.get("date", res.get("date", "?"))})
     + [
       "",
       f"Model {ev['model']['num_hidden_layers']} layers, hidden {ev['model']['hidden_size']}; "
