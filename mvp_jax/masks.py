@@ -20,8 +20,10 @@ concatenation): under sharding every pass is a local count plus an all-reduce of
 (a scalar; on CPU, when the last axis is sharded, one uint16 partial count per row, see
 `count_true`), never a gather of the scores. Ties at the
 threshold value are broken deterministically: among the scores equal to the threshold, the first
-ones in (leaf order, row-major flattened index) order are kept, found by a second bisection over the
-index (only run when the threshold value is tied), so exactly ``k`` entries are kept.
+ones in (leaf order, row-major flattened index) order are kept. The ties' quota is handed out in
+leaf order, so at most one matrix per group keeps only some of its ties; a second bisection, over
+that matrix's row-major index and inside a ``lax.cond``, finds where they stop. Exactly ``k``
+entries are kept.
 
 Keep counts
 -----------
@@ -195,24 +197,21 @@ def _flat_index(shape: tuple[int, ...]) -> jax.Array:
   return idx
 
 
-def _split_ties(eqs, idxs, group_of, quota, nbits):
-  """[G] int32: per group the largest index J with ``count(eq & idx < J) < quota``.
+def _last_kept_tie(eq: jax.Array, take: jax.Array) -> jax.Array:
+  """[] int32: the largest row-major index J of ``eq``'s array with ``count(eq & idx < J) < take``.
 
-  The quota-th tie (in index order) of each group sits at its J, so ``eq & idx <= J`` keeps
-  exactly ``quota`` ties.
+  The take-th True of ``eq`` (in row-major order) sits at J, so ``eq & idx <= J`` keeps exactly
+  ``take`` of them. A bisection over the index: ceil(log2(size)) passes over this one array.
   """
+  idx = _flat_index(eq.shape)
+  nbits = max(1, (int(eq.size) - 1).bit_length())
 
   def body(i, j):
     cand = j | (jnp.int32(1) << (nbits - 1 - i))
-    below = _group_counts(
-      list(zip(eqs, idxs, strict=True)),
-      group_of,
-      quota.shape[0],
-      lambda a, g: a[0] & (a[1] < cand[g]),
-    )
-    return jnp.where(below < quota, cand, j)
+    return jnp.where(count_true(eq & (idx < cand)) < take, cand, j)
 
-  return lax.fori_loop(0, nbits, body, jnp.zeros(quota.shape, jnp.int32))
+  last = lax.fori_loop(0, nbits, body, jnp.int32(0))
+  return eq & (idx <= last)
 
 
 def topk_select_groups(
@@ -232,41 +231,34 @@ def topk_select_groups(
   Returns:
     G lists of bool arrays, same shapes as the inputs.
   """
-  leaves, group_of, offsets, sizes = [], [], [], []
+  leaves, group_of, sizes = [], [], []
   for g, arrays in enumerate(groups):
-    off = 0
+    total = 0
     for a in arrays:
       leaves.append(lax.stop_gradient(a))
       group_of.append(g)
-      offsets.append(off)
-      off += int(a.size)
-    if off > _INT32_MAX:
-      raise ValueError(f"top-k over {off} elements: at most 2**31 - 1 are supported")
-    sizes.append(off)
+      total += int(a.size)
+    if total > _INT32_MAX:
+      raise ValueError(f"top-k over {total} elements: at most 2**31 - 1 are supported")
+    sizes.append(total)
   n_groups = len(groups)
   keys = [ordered_key(a) for a in leaves]
   k = jnp.clip(jnp.asarray(k, jnp.int32).reshape(n_groups), 0, jnp.asarray(sizes, jnp.int32))
   t = kth_largest_key(keys, k, group_of)
   n_gt = _group_counts(keys, group_of, n_groups, lambda a, g: a > t[g])
-  eqs = [a == t[g] for a, g in zip(keys, group_of, strict=True)]
-  n_eq = _group_counts(eqs, group_of, n_groups, lambda a, g: a)
-  quota = k - n_gt  # how many ties at t to keep, 0 <= quota <= n_eq
-  split = (quota > 0) & (quota < n_eq)
-  nbits = max(1, max((size - 1).bit_length() for size in sizes))
-
-  def all_or_none(_):
-    return [e & (quota[g] > 0) for e, g in zip(eqs, group_of, strict=True)]
-
-  def split_some(_):
-    idxs = [off + _flat_index(a.shape) for a, off in zip(leaves, offsets, strict=True)]
-    last = _split_ties(eqs, idxs, group_of, quota, nbits)
-    return [
-      jnp.where(split[g], e & (ix <= last[g]), e & (quota[g] > 0))
-      for e, ix, g in zip(eqs, idxs, group_of, strict=True)
-    ]
-
-  # The index search costs ~log2(size) more passes: run it only when some tie is split.
-  kept_ties = lax.cond(jnp.any(split), split_some, all_or_none, None)
+  quota = k - n_gt  # how many ties at t each group keeps, 0 <= quota <= its ties
+  # The quota goes to the ties in leaf order: each leaf keeps all of its ties, none, or (at most
+  # one leaf per group) the first `take` in row-major order. Only that leaf pays for an index
+  # search, inside a cond, so a tied threshold costs passes over one matrix, not over all.
+  kept_ties = []
+  given = [jnp.int32(0)] * n_groups
+  for a, g in zip(keys, group_of, strict=True):
+    eq = a == t[g]
+    n_eq = count_true(eq)
+    take = jnp.clip(quota[g] - given[g], 0, n_eq)
+    given[g] = given[g] + n_eq
+    kept_ties.append(lax.cond((take > 0) & (take < n_eq), _last_kept_tie,
+                              lambda eq, take: eq & (take > 0), eq, take))
   out: list[list[jax.Array]] = [[] for _ in groups]
   for a, e, g in zip(keys, kept_ties, group_of, strict=True):
     out[g].append((a > t[g]) | e)
