@@ -39,7 +39,7 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "mask_quality.js
 CRITERIA = ("score", "neg_score", "abs_score", "magnitude", "random")
 
 
-def criterion_scores(name: str, params, scores):
+def criterion_scores(name: str, scores):
   """The tree ranked by top-k for criterion `name` ({} for magnitude, which ranks |W| itself)."""
   if name == "score":
     return scores
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
   eval_fn = jax.jit(lambda p, b: trainer.eval_step(p, b, model=first.model))
   metric = task.metric_names[0]
   include = tuple(cfg.pruning.include)
-  specs = {"magnitude": pruning.PruningSpec(method="magnitude", include=include)}
+  magnitude = pruning.PruningSpec(method="magnitude", include=include)
   topk = pruning.PruningSpec(method="topk", scope="local", include=include)
 
   rows = []
@@ -92,9 +92,8 @@ def main(argv=None) -> int:
     row = {"step": step, "unmasked": evaluate(run.params), "by_level": {}}
     for level in levels:
       row["by_level"][str(level)] = {
-        name: evaluate(pruning.apply_masks(run.params, criterion_scores(name, run.params,
-                                                                        run.scores),
-                                           level, specs.get(name, topk)))
+        name: evaluate(pruning.apply_masks(run.params, criterion_scores(name, run.scores), level,
+                                           magnitude if name == "magnitude" else topk))
         for name in CRITERIA
       }
       print(json.dumps({"step": step, "level": level, **row["by_level"][str(level)]}),
