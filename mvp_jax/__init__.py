@@ -26,6 +26,7 @@ from mvp_jax.pruning import (
   compute_masks,
   fold_masks,
   init_scores,
+  mask_change,
   remaining_weights,
   select_paths,
 )
@@ -65,6 +66,7 @@ __all__ = [
   "lambda_schedule",
   "load_pretrained",
   "load_sparse",
+  "mask_change",
   "regularizer",
   "remaining_weights",
   "save_sparse",

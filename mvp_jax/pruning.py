@@ -467,6 +467,37 @@ def remaining_weights(
   }
 
 
+def mask_change(before: PyTree, after: PyTree) -> jax.Array:
+  """Mask churn: the fraction of masked entries that changed between two mask trees.
+
+  ``mean |M_after - M_before|`` over every entry of every leaf: for 0/1 masks (topk, magnitude,
+  sigmoid_threshold) the fraction of weights that were pruned or revived; for l0's continuous
+  deterministic masks the mean absolute change. The trainer logs it per optimizer step as
+  ``train/mask_churn`` (masks of the state before and after the update, at the step's level), the
+  quantity to watch when the mask is not settling (docs/results.md).
+
+  Args:
+    before, after: mask trees of the same structure and shapes (from `compute_masks`).
+
+  Returns:
+    float32 scalar in [0, 1] (0 for empty trees). Jit-compatible.
+
+  >>> a = {"k": jnp.array([[1., 0.], [1., 1.]])}
+  >>> float(mask_change(a, {"k": jnp.array([[1., 1.], [0., 1.]])}))
+  0.5
+  """
+  leaves_a, tree_a = jax.tree.flatten(before)
+  leaves_b, tree_b = jax.tree.flatten(after)
+  if tree_a != tree_b or any(x.shape != y.shape for x, y in zip(leaves_a, leaves_b, strict=False)):
+    raise ValueError("mask_change: the two mask trees differ in structure or shapes")
+  total = sum(x.size for x in leaves_a)
+  if not total:
+    return jnp.zeros((), jnp.float32)
+  diff = sum(jnp.sum(jnp.abs(y.astype(jnp.float32) - x.astype(jnp.float32)))
+             for x, y in zip(leaves_a, leaves_b, strict=True))
+  return (diff / total).astype(jnp.float32)
+
+
 __all__ = [
   "DEFAULT_INCLUDE",
   "METHODS",
@@ -477,6 +508,7 @@ __all__ = [
   "compute_masks",
   "fold_masks",
   "init_scores",
+  "mask_change",
   "remaining_weights",
   "select_paths",
 ]

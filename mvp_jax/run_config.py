@@ -24,6 +24,7 @@ MESH_RULES = ("data_parallel", "tensor_parallel")
 RESUMABLE_FIELDS = (
   "train.eval_every_steps",
   "train.log_every_steps",
+  "train.log_mask_churn",
   "train.checkpoint_every_steps",
   "train.keep_checkpoints",
   "train.progress_bar",

@@ -74,6 +74,8 @@ class StepOptions:
   alpha_ce: float = 1.0
   alpha_distil: float = 0.0
   temperature: float = 2.0
+  # Log `mask_churn` on micro-steps whose count (after the step) is a multiple of this; 0 = never.
+  churn_every: int = 0
 
 
 class Preempted(Exception):
@@ -142,7 +144,10 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], teacher_params
     opts: static step options.
 
   Returns:
-    (new state, metrics: loss, task_loss, distill_loss, regularizer, level, lambda, grad_norm).
+    (new state, metrics: loss, task_loss, distill_loss, regularizer, level, lambda, grad_norm;
+    with ``opts.churn_every`` also mask_churn: `pruning.mask_change` between the deterministic
+    masks before and after this update at this step's level, computed only on the micro-steps it
+    names and 0 on the others).
   """
   key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   dropout_rng, mask_rng = jax.random.split(key)
@@ -181,6 +186,13 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], teacher_params
                             scores=trainable["scores"], opt_state=opt_state)
   metrics = {"loss": loss, **aux, "level": level, "lambda": lam,
              "grad_norm": optax.tree.norm(grads)}
+  if spec is not None and opts.churn_every:
+    def churn(_):
+      return pruning.mask_change(
+        pruning.compute_masks(state.params, state.scores, level, spec),
+        pruning.compute_masks(new_state.params, new_state.scores, level, spec))
+    metrics["mask_churn"] = jax.lax.cond(new_state.step % opts.churn_every == 0, churn,
+                                         lambda _: jnp.zeros((), jnp.float32), None)
   return new_state, metrics
 
 
@@ -362,7 +374,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   opts = StepOptions(kind=task.kind, spec=spec, distill=bool(config.distill.teacher),
                      alpha_ce=float(config.distill.alpha_ce) if config.distill.teacher else 1.0,
                      alpha_distil=float(config.distill.alpha_distil),
-                     temperature=float(config.distill.temperature))
+                     temperature=float(config.distill.temperature),
+                     churn_every=(config.train.log_every_steps * accum
+                                  if config.train.log_mask_churn else 0))
 
   if main:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -513,6 +527,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       if log_now or is_last:
         _check_finite(pending, accum, ckpt)
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not log_now:
+          m.pop("mask_churn", None)  # computed on logging steps only (StepOptions.churn_every)
         rem = remaining(state, m["level"])
         now = time.time()
         m.update(remaining_paper=rem["paper"], remaining_plain=rem["plain"],

@@ -327,3 +327,23 @@ def test_regex_anchor_semantics_are_search():
   spec = pruning.PruningSpec(include=(r"query/kernel",), exclude=(r"layer/1/",))
   assert pruning.select_paths(params, spec) == ("bert/encoder/layer/0/attention/self/query/kernel",)
   assert all(re.search(r"query", p) for p in pruning.select_paths(params, spec))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mask_change_is_the_mean_absolute_difference(seed):
+  rng = np.random.default_rng(seed)
+  shapes = [(3, 5), (7,), (2, 2, 4)]
+  a = {f"m{i}": jnp.asarray(rng.integers(0, 2, s), jnp.float32) for i, s in enumerate(shapes)}
+  b = {f"m{i}": jnp.asarray(rng.random(s), jnp.float32) for i, s in enumerate(shapes)}
+  flat_a = np.concatenate([np.ravel(a[k]) for k in sorted(a)])
+  flat_b = np.concatenate([np.ravel(b[k]) for k in sorted(b)])
+  assert float(pruning.mask_change(a, b)) == pytest.approx(np.abs(flat_a - flat_b).mean(), rel=1e-6)
+  assert float(jax.jit(pruning.mask_change)(a, a)) == 0.0
+  assert float(pruning.mask_change({}, {})) == 0.0
+
+
+def test_mask_change_refuses_different_trees():
+  with pytest.raises(ValueError, match="structure or shapes"):
+    pruning.mask_change({"a": jnp.ones(3)}, {"a": jnp.ones(4)})
+  with pytest.raises(ValueError, match="structure or shapes"):
+    pruning.mask_change({"a": jnp.ones(3)}, {"b": jnp.ones(3)})

@@ -57,8 +57,35 @@ def test_every_method_trains_on_8_devices(tiny_dir, tmp_path, method, extra):
     assert results["remaining_weights_plain"] < 1.0
   if method == "none":
     assert results["remaining_weights_paper"] == 1.0
+    assert not any("train/mask_churn" in r for r in train_rows)
+  else:
+    churn = [r["train/mask_churn"] for r in train_rows]
+    assert all(0.0 <= x <= 1.0 for x in churn), churn
+    if method != "l0":  # step 1 keeps every weight before and after (level 1, or tau 0)
+      assert churn[0] == 0.0, churn
   assert (tmp_path / "eval_results.json").is_file()
   assert json.loads((tmp_path / "config.json").read_text())["pruning"]["method"] == method
+
+
+def test_logged_mask_churn_matches_the_checkpoints_with_accumulation(tiny_dir, tmp_path):
+  """train/mask_churn at optimizer step s = mask_change(masks of checkpoint s-1, masks of
+  checkpoint s), both at the level logged for step s; with 2 micro-batches per step."""
+  from mvp_jax import pruning, run_io
+
+  c = tiny_config(tiny_dir, **{"optim.grad_accum_steps": 2, "train.checkpoint_every_steps": 1,
+                               "train.keep_checkpoints": 10, "train.eval_every_steps": 0})
+  trainer.train_and_evaluate(c, tmp_path)
+  rows = {r["step"]: r for r in read_metrics(tmp_path) if "train/loss" in r}
+  assert sorted(rows) == [1, 2, 3, 4, 5, 6]
+  spec = pruning.PruningSpec(method="topk", include=c.pruning.include)
+  runs = {s: run_io.load_run(tmp_path, step=2 * s) for s in range(1, 7)}
+  for s in range(2, 7):
+    level = np.float32(rows[s]["train/level"])
+    before = pruning.compute_masks(runs[s - 1].params, runs[s - 1].scores, level, spec)
+    after = pruning.compute_masks(runs[s].params, runs[s].scores, level, spec)
+    assert rows[s]["train/mask_churn"] == pytest.approx(
+      float(pruning.mask_change(before, after)), abs=1e-7), s
+  assert max(r["train/mask_churn"] for r in rows.values()) > 0
 
 
 def test_report_export_and_cli_export(tiny_dir, tmp_path):
