@@ -488,7 +488,7 @@ def mask_change(before: PyTree, after: PyTree) -> jax.Array:
   """
   leaves_a, tree_a = jax.tree.flatten(before)
   leaves_b, tree_b = jax.tree.flatten(after)
-  if tree_a != tree_b or any(x.shape != y.shape for x, y in zip(leaves_a, leaves_b, strict=False)):
+  if tree_a != tree_b or any(x.shape != y.shape for x, y in zip(leaves_a, leaves_b, strict=True)):
     raise ValueError("mask_change: the two mask trees differ in structure or shapes")
   total = sum(x.size for x in leaves_a)
   if not total:
