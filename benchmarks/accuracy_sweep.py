@@ -100,7 +100,7 @@ def run_cell(task: str, method: str, param: float | None, distil: bool, seed: in
   cmd = [sys.executable, "train.py", "--config", "configs/default.py", "--workdir", str(workdir),
          *overrides(task, method, param, distil, seed, steps, batch, runs_dir),
          *[f"--config.{kv}" for kv in extra]]
-  if distil and not (runs_dir / task / run_name("dense", None, False, seed) / "export").exists():
+  if distil and not ensure_teacher(task, seed, steps, batch, runs_dir):
     print(f"[wait] {task}/{name}: needs the dense teacher run first")
     return None
   print(f"[run ] {task}/{name}", flush=True)
@@ -123,6 +123,34 @@ def run_cell(task: str, method: str, param: float | None, distil: bool, seed: in
   print(f"[done] {task}/{name}: {record['metric']}={record['value']:.4f} remaining="
         f"{100 * record['remaining_paper']:.2f}% ({record['wall_time_s']:.0f} s)", flush=True)
   return record
+
+
+def ensure_teacher(task: str, seed: int, steps: int, batch: int, runs_dir: pathlib.Path) -> bool:
+  """Makes sure the dense run's export (the distillation teacher) is on disk. A result file
+  survives in git while runs/ does not, so when the file exists but the export is gone the dense
+  run is retrained into its workdir (its result file untouched) and its metric compared with the
+  recorded one: training is deterministic, so a difference is reported loudly."""
+  name = run_name("dense", None, False, seed)
+  workdir = runs_dir / task / name
+  if (workdir / "export").exists():
+    return True
+  recorded = RESULTS / task / f"{name}.json"
+  if not recorded.exists():
+    return False
+  print(f"[run ] {task}/{name}: retraining the teacher (its export is not in {runs_dir})",
+        flush=True)
+  cmd = [sys.executable, "train.py", "--config", "configs/default.py", "--workdir", str(workdir),
+         *overrides(task, "dense", None, False, seed, steps, batch, runs_dir)]
+  proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True)
+  if proc.returncode != 0:
+    print(f"[fail] {task}/{name}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+    return False
+  metric = TASKS[task]["metric"]
+  got = json.loads((workdir / "eval_results.json").read_text())["metrics"][metric]
+  want = json.loads(recorded.read_text())["value"]
+  same = "matches" if abs(got - want) < 1e-9 else "DIFFERS FROM"
+  print(f"[done] {task}/{name}: {metric}={got:.4f} {same} the recorded {want:.4f}", flush=True)
+  return True
 
 
 def load_records() -> list[dict]:

@@ -10,6 +10,7 @@ one call each per round); results (median seconds and ratios) go to benchmarks/r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -18,6 +19,7 @@ import platform
 import statistics
 import sys
 import time
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -27,16 +29,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from mvp_jax import masks, pruning  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "masks.json"
-
-
-def _median_time(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))  # compile + warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def _round_robin_medians(variants: dict, repeats: int) -> dict[str, float]:
@@ -56,6 +48,13 @@ def _round_robin_medians(variants: dict, repeats: int) -> dict[str, float]:
   return {name: statistics.median(t) for name, t in times.items()}
 
 
+@contextlib.contextmanager
+def one_bit():
+  """While active, `masks.kth_largest_key` traces the one-bit bisection (32 passes)."""
+  with mock.patch.object(masks, "default_radix_bits", lambda: 1):
+    yield
+
+
 def _bert_kernel_shapes(layers: int, hidden: int, ffn: int) -> list[tuple[int, int]]:
   return [(hidden, hidden)] * 4 * layers + [(hidden, ffn), (ffn, hidden)] * layers
 
@@ -72,7 +71,13 @@ def bench_threshold(name: str, shapes, level: float, repeats: int) -> dict:
   ks = [int(level * s.size) for s in scores]
   k_all = int(level * n)
 
+  lv = jnp.float32(level)
   ours_local = jax.jit(lambda ss, lv: masks.local_topk_masks(ss, lv, shared_loop=False))
+  with one_bit():  # the same programs with the one-bit bisection, compiled under the patch
+    ours_local_1bit = jax.jit(
+      lambda ss, lv: masks.local_topk_masks(ss, lv, shared_loop=False)
+    ).lower(scores, lv).compile()
+    ours_global_1bit = jax.jit(masks.global_topk_masks).lower(scores, lv).compile()
   ours_local_shared = jax.jit(lambda ss, lv: masks.local_topk_masks(ss, lv, shared_loop=True))
   ours_global = jax.jit(masks.global_topk_masks)
 
@@ -94,14 +99,16 @@ def bench_threshold(name: str, shapes, level: float, repeats: int) -> dict:
     t = jax.lax.top_k(jnp.concatenate([s.ravel() for s in ss]), k_all)[0][-1]
     return [s >= t for s in ss]
 
-  lv = jnp.float32(level)
-  row = {"name": name, "n": n, "leaves": len(shapes), "level": level}
+  row = {"name": name, "n": n, "leaves": len(shapes), "level": level,
+         "radix_bits": masks.default_radix_bits()}
   medians = _round_robin_medians({
     "ours_local_s": (ours_local, (scores, lv)),
+    "ours_1bit_local_s": (ours_local_1bit, (scores, lv)),
     "ours_local_shared_loop_s": (ours_local_shared, (scores, lv)),
     "sort_local_s": (sort_local, (scores,)),
     "top_k_local_s": (topk_local, (scores,)),
     "ours_global_s": (ours_global, (scores, lv)),
+    "ours_1bit_global_s": (ours_global_1bit, (scores, lv)),
     "sort_global_s": (sort_global, (scores,)),
     "top_k_global_s": (topk_global, (scores,)),
   }, repeats)
@@ -110,6 +117,7 @@ def bench_threshold(name: str, shapes, level: float, repeats: int) -> dict:
     ours = row[f"ours_{scope}_s"]
     row[f"sort_over_ours_{scope}"] = row[f"sort_{scope}_s"] / ours
     row[f"top_k_over_ours_{scope}"] = row[f"top_k_{scope}_s"] / ours
+    row[f"1bit_over_ours_{scope}"] = row[f"ours_1bit_{scope}_s"] / ours
   return row
 
 
@@ -152,15 +160,19 @@ def bench_train_step(layers: int, hidden: int, ffn: int, batch: int, seq: int, r
     return jnp.mean(h**2)
 
   dense_step = jax.jit(jax.grad(forward))
-  masked_step = jax.jit(
-    jax.grad(lambda p, s, lv: forward(pruning.apply_masks(p, s, lv, spec)), argnums=(0, 1))
-  )
+  masked = lambda p, s, lv: forward(pruning.apply_masks(p, s, lv, spec))
+  masked_step = jax.jit(jax.grad(masked, argnums=(0, 1)))
+  lv = jnp.float32(0.3)
+  with one_bit():
+    masked_1bit = jax.jit(jax.grad(masked, argnums=(0, 1))).lower(params, scores, lv).compile()
   row = {"layers": layers, "hidden": hidden, "ffn": ffn, "batch": batch, "seq": seq}
-  row["dense_s"] = _median_time(dense_step, params, repeats=repeats)
-  row["masked_topk_local_s"] = _median_time(
-    masked_step, params, scores, jnp.float32(0.3), repeats=repeats
-  )
+  row.update(_round_robin_medians({
+    "dense_s": (dense_step, (params,)),
+    "masked_topk_local_s": (masked_step, (params, scores, lv)),
+    "masked_topk_local_1bit_s": (masked_1bit, (params, scores, lv)),
+  }, repeats))
   row["masked_over_dense"] = row["masked_topk_local_s"] / row["dense_s"]
+  row["masked_1bit_over_dense"] = row["masked_topk_local_1bit_s"] / row["dense_s"]
   return row
 
 

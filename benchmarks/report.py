@@ -91,47 +91,46 @@ def _provenance(res: dict[str, Any]) -> list[str]:
 
 
 def render_masks(res: dict[str, Any]) -> str:
-  """benchmarks/masks.py: sort-free threshold vs sort / lax.top_k."""
+  """benchmarks/masks.py: sort-free threshold vs sort / lax.top_k, and two vs one bit a pass."""
   lines = ["### Top-k threshold: sort-free vs sort", ""] + _provenance(res) + [""]
+  bits = {r.get("radix_bits") for r in res.get("threshold", [])} - {None}
+  if bits:
+    lines += [
+      f"\"ours\" decides {'/'.join(map(str, sorted(bits)))} bits of the threshold per pass "
+      "(this backend's default); \"1-bit\" is the same search as a plain bisection (32 "
+      "passes), timed in the same rounds.",
+      "",
+    ]
   rows = []
   for r in res.get("threshold", []):
-    rows.append(
-      [
-        r["name"],
-        f"{r['leaves']}",
-        _ms(r["ours_local_s"]),
-        _ms(r["sort_local_s"]),
-        _ms(r["top_k_local_s"]),
-        _ratio(r["sort_over_ours_local"]),
-        _ms(r["ours_global_s"]),
-        _ms(r["sort_global_s"]),
-        _ms(r["top_k_global_s"]),
-        _ratio(r["sort_over_ours_global"]),
-      ]
-    )
-  lines += _table(
-    [
-      "scores",
-      "matrices",
-      "ours local ms",
-      "sort local ms",
-      "lax.top_k local ms",
-      "sort / ours (local)",
-      "ours global ms",
-      "sort global ms",
-      "lax.top_k global ms",
-      "sort / ours (global)",
-    ],
-    rows,
-  )
+    row = [r["name"], f"{r['leaves']}"]
+    for scope in ("local", "global"):
+      row += [_ms(r[f"ours_{scope}_s"])]
+      if "ours_1bit_local_s" in r:
+        row += [_ms(r[f"ours_1bit_{scope}_s"]), _ratio(r[f"1bit_over_ours_{scope}"])]
+      row += [_ms(r[f"sort_{scope}_s"]), _ms(r[f"top_k_{scope}_s"]),
+              _ratio(r[f"sort_over_ours_{scope}"])]
+    rows.append(row)
+  header = ["scores", "matrices"]
+  has_1bit = any("ours_1bit_local_s" in r for r in res.get("threshold", []))
+  for scope in ("local", "global"):
+    header += [f"ours {scope} ms"]
+    if has_1bit:
+      header += [f"1-bit {scope} ms", f"1-bit / ours ({scope})"]
+    header += [f"sort {scope} ms", f"lax.top_k {scope} ms", f"sort / ours ({scope})"]
+  lines += _table(header, rows)
   ts = res.get("train_step")
   if ts:
+    one_bit = ""
+    if "masked_topk_local_1bit_s" in ts:
+      one_bit = (f"; with the 1-bit search {_ms(ts['masked_topk_local_1bit_s'])} ms "
+                 f"({_ratio(ts['masked_1bit_over_dense'])} dense)")
     lines += [
       "",
       f"Masked forward+backward of a {ts['layers']}-layer stack (hidden "
       f"{ts['hidden']}, FFN {ts['ffn']}, batch {ts['batch']} x {ts['seq']}), no "
-      f"optimizer: dense {_ms(ts['dense_s'])} ms, local top-k "
-      f"{_ms(ts['masked_topk_local_s'])} ms ({_ratio(ts['masked_over_dense'])} dense).",
+      f"optimizer, timed round-robin: dense {_ms(ts['dense_s'])} ms, local top-k "
+      f"{_ms(ts['masked_topk_local_s'])} ms ({_ratio(ts['masked_over_dense'])} dense){one_bit}.",
     ]
   return "\n".join(lines)
 
@@ -192,6 +191,13 @@ def _step_model(name: str, sec: dict[str, Any]) -> list[str]:
   ]
   if notes:
     lines += ["", "Reference approach in the same run: " + "; ".join(notes) + "."]
+  if sec.get("one_bit_over_default"):
+    lines += [
+      "",
+      "Threshold search in the same run: `topk_local_1bit` (a one-bit bisection, 32 passes, "
+      f"the search before two-bit passes) takes {_ratio(sec['one_bit_over_default'])} the "
+      "time of `topk_local` (the backend's default search).",
+    ]
   tv = {v: r for v, r in sec["variants"].items() if v.startswith("torch_")}
   if tv:
     lines += [

@@ -66,6 +66,10 @@ JAX_VARIANTS: dict[str, tuple[dict | None, str]] = {
   "topk_global": (dict(method="topk", scope="global"), "movement, global top-k (sort-free)"),
   "sigmoid_threshold": (dict(method="sigmoid_threshold"), "soft movement, sigmoid(S) > tau"),
   "l0": (dict(method="l0"), "hard-concrete L0 (sampled mask)"),
+  "topk_local_1bit": (
+    dict(method="topk"),
+    "movement, local top-k, one-bit bisection (32 passes; the search before two-bit passes)",
+  ),
   "topk_local_sort": (
     dict(method="topk"),
     "movement, local top-k by a full sort per forward (the reference's approach)",
@@ -82,6 +86,7 @@ DEFAULT_VARIANTS = (
   "topk_global",
   "sigmoid_threshold",
   "l0",
+  "topk_local_1bit",
   "topk_local_sort",
 )
 TORCH_VARIANTS = ("torch_dense", "torch_topk_sort")
@@ -246,6 +251,16 @@ def sort_based_topk(enabled: bool = True):
     mock.patch.object(masks, "local_topk_masks", sort_topk_masks),
     mock.patch.object(masks, "global_topk_masks", sort_global_topk_masks),
   ):
+    yield
+
+
+@contextlib.contextmanager
+def radix_bits(bits: int | None):
+  """While active, the threshold search decides ``bits`` bits per pass (trace time only)."""
+  if bits is None:
+    yield
+    return
+  with mock.patch.object(masks, "default_radix_bits", lambda: bits):
     yield
 
 
@@ -414,7 +429,7 @@ def build_jax_variant(
     donate_argnums=(0,),
   )
   start = time.perf_counter()
-  with sort_based_topk(name.endswith("_sort")):
+  with sort_based_topk(name.endswith("_sort")), radix_bits(1 if name.endswith("_1bit") else None):
     lowered = jit_step.lower(abstract, batch, None)
   lower_s = time.perf_counter() - start
   compiled = lowered.compile(compiler_options=compiler_options)
@@ -749,7 +764,7 @@ def bench_train_step(
       for n, r in vs.items()
       if n not in ("dense",)
       and not n.startswith("torch_")
-      and not n.endswith("_sort")
+      and not n.endswith(("_sort", "_1bit"))
       and r.get("ratio_to_dense") is not None
     },
   }
@@ -758,6 +773,8 @@ def bench_train_step(
       out.setdefault("sort_over_sort_free", {})[ours] = (
         vs[theirs]["median_s"] / vs[ours]["median_s"]
       )
+  if "topk_local" in vs and "topk_local_1bit" in vs:
+    out["one_bit_over_default"] = vs["topk_local_1bit"]["median_s"] / vs["topk_local"]["median_s"]
   if "torch_topk_sort" in vs:
     out["torch_masked_over_dense"] = vs["torch_topk_sort"]["ratio_to_torch_dense"]
   out["rss_bytes"] = rss_bytes()

@@ -101,7 +101,9 @@ def test_step_benchmark_runs_and_writes_results(step, report, tmp_path):
       assert row["memory_bytes"]["peak"] > 0, name
   assert sec["variants"]["dense"]["ratio_to_dense"] == 1.0
   assert set(sec["sort_over_sort_free"]) == {"topk_local"}
+  assert sec["one_bit_over_default"] > 0
   assert "topk_local" in sec["target"]["within"]
+  assert "topk_local_1bit" not in sec["target"]["within"]
   ev = res["eval_throughput"]
   assert set(ev["variants"]) == {"jax_dense", "jax_pruned", "torch_dense", "torch_pruned"}
   assert ev["zero_fraction_of_pruned_matrices"]["dense"] < 0.5

@@ -107,6 +107,36 @@ def test_count_true_is_exact(shape):
     got = jax.jit(masks.count_true)(jnp.asarray(x))
     assert got.dtype == jnp.int32 and int(got) == int(np.count_nonzero(x))
 
+@pytest.mark.parametrize("shape", [(), (7,), (5, 300), (2, 3, 255), (1, 2**16), (2**17,)])
+def test_count_true_many_is_exact(shape):
+  # Several counts from one variadic reduction: each equals its own count, full rows included.
+  rng = np.random.default_rng(len(shape))
+  xs = [np.ones(shape, bool), rng.random(shape) < 0.3, np.zeros(shape, bool)]
+  xs.append(rng.random(shape) < 0.9)
+  got = jax.jit(masks.count_true_many)([jnp.asarray(x) for x in xs])
+  assert got.dtype == jnp.int32 and got.shape == (len(xs),)
+  assert [int(c) for c in got] == [int(np.count_nonzero(x)) for x in xs]
+  with pytest.raises(ValueError, match="different shapes"):
+    masks.count_true_many([jnp.ones((2, 3), bool), jnp.ones((3, 2), bool)])
+
+
+_kth = jax.jit(masks.kth_largest_key, static_argnums=(2, 3))
+
+
+@given(arrays=score_arrays(LEAF_SETS), frac=st.floats(0.0, 1.0))
+@SETTINGS
+def test_kth_largest_key_any_bits_matches_sort(arrays, frac):
+  # Every radix width gives the k-th largest key of a sort, ties and k = 0 / k = n included.
+  keys = [masks.ordered_key(jnp.asarray(a)) for a in arrays]
+  flat = np.sort(np.concatenate([np.asarray(x).ravel() for x in keys]))[::-1]
+  k = int(frac * flat.size)
+  want = 0xFFFFFFFF if k == 0 else int(flat[k - 1])
+  for bits in (1, 2, 4):
+    assert int(_kth(keys, jnp.int32(k), None, bits)) == want, bits
+  with pytest.raises(ValueError, match="bits=3"):
+    masks.kth_largest_key(keys, jnp.int32(k), bits=3)
+
+
 # ------------------------------------------------------------------------------------------------
 # Top-k against the sort oracle
 

@@ -49,30 +49,86 @@ def test_sharded_masks_equal_single_device(mesh, kind):
       assert g.sharding.is_equivalent_to(s.sharding, g.ndim)  # masks follow their scores
 
 
+def _compiled_text(fn, *args) -> str:
+  # A fresh wrapper, so that the program is traced again (jit caches traces per function, and
+  # the one-bit test changes the default radix width under it).
+  return jax.jit(lambda *a: fn(*a)).lower(*args).compile().as_text()
+
+
 def _collectives(fn, *args):
-  return set(re.findall(COLLECTIVES, jax.jit(fn).lower(*args).compile().as_text()))
+  return set(re.findall(COLLECTIVES, _compiled_text(fn, *args)))
 
 
-def test_threshold_search_only_all_reduces(mesh):
-  scores = [
-    jax.device_put(s, NamedSharding(mesh, sp))
-    for s, sp in zip(_scores("normal"), SPECS, strict=True)
-  ]
-  keys = lambda ss: [masks.ordered_key(s) for s in ss]
-  search = lambda ss, k: masks.kth_largest_key(keys(ss), k)
-  assert _collectives(search, scores, jnp.int32(100)) == {"all-reduce"}
-  # The whole binarizer, tie-breaking branch included, and its straight-through gradient.
-  assert _collectives(masks.global_topk_masks, scores, 0.3) == {"all-reduce"}
-  assert _collectives(lambda s, lv: masks.topk_mask(s, lv), scores[1], 0.3) == {"all-reduce"}
-  for shared in (True, False):
-    local = lambda ss, lv, shared=shared: masks.local_topk_masks(ss, lv, shared_loop=shared)
-    assert _collectives(local, scores, 0.3) == {"all-reduce"}
+_OPERANDS = re.compile(r"= \(?([^=]*?)\)? " + COLLECTIVES[2:] + r"\(")
+
+
+def _collective_operands(fn, *args) -> list[tuple[str, tuple[int, ...]]]:
+  """(dtype, shape) of every array a collective of the compiled ``fn`` moves."""
+  text = _compiled_text(fn, *args)
+  out = []
+  for m in _OPERANDS.finditer(text):
+    for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", m.group(1)):
+      out.append((dtype, tuple(int(d) for d in dims.split(",") if d)))
+  assert out, "expected collectives in a sharded search"
+  return out
+
+
+def _binarizers(scores):
   grad = jax.grad(
     lambda ss: sum(
       jnp.sum(m * s) for m, s in zip(masks.global_topk_masks(ss, 0.3), ss, strict=True)
     )
   )
-  assert _collectives(grad, scores) <= {"all-reduce"}
+  yield masks.global_topk_masks, (scores, 0.3)
+  yield (lambda s, lv: masks.topk_mask(s, lv)), (scores[1], 0.3)
+  for shared in (True, False):
+    yield (lambda ss, lv, shared=shared: masks.local_topk_masks(ss, lv, shared_loop=shared),
+           (scores, 0.3))
+  yield grad, (scores,)
+
+
+def _sharded_scores(mesh):
+  return [
+    jax.device_put(s, NamedSharding(mesh, sp))
+    for s, sp in zip(_scores("normal"), SPECS, strict=True)
+  ]
+
+
+def _search(ss, k, bits=None):
+  return masks.kth_largest_key([masks.ordered_key(s) for s in ss], k, bits=bits)
+
+
+def test_one_bit_search_only_all_reduces(mesh, monkeypatch):
+  # The one-bit bisection (the default off CPU): scalar count all-reduces, nothing else.
+  monkeypatch.setattr(masks, "default_radix_bits", lambda: 1)
+  scores = _sharded_scores(mesh)
+  assert _collectives(_search, scores, jnp.int32(100)) == {"all-reduce"}
+  # The whole binarizer, tie-breaking branch included, and its straight-through gradient.
+  for fn, args in _binarizers(scores):
+    assert _collectives(fn, *args) <= {"all-reduce"}
+
+
+def test_two_bit_search_moves_counts_only(mesh):
+  # The CPU default counts three candidates in one variadic reduction, which the partitioner
+  # combines by all-gathering partial counts: integers of at most rows x shards entries, never
+  # the float32 scores, their uint32 keys or the masks.
+  assert masks.default_radix_bits() == 2
+  scores = _sharded_scores(mesh)
+  bound = max(s.shape[0] for s in scores) * len(jax.devices())
+  for fn, args in [(_search, (scores, jnp.int32(100))), *_binarizers(scores)]:
+    for dtype, shape in _collective_operands(fn, *args):
+      assert dtype in ("u16", "s32"), (dtype, shape)
+      assert int(np.prod(shape)) <= bound, (dtype, shape)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_search_bits_agree_sharded(mesh, bits):
+  scores = _sharded_scores(mesh)
+  sizes = sum(int(s.size) for s in scores)
+  f = jax.jit(_search, static_argnums=2)
+  for k in (0, 1, 7, sizes // 3, sizes - 1, sizes):
+    want = f(_scores("normal"), jnp.int32(k), 1)
+    assert int(f(scores, jnp.int32(k), bits)) == int(want), (bits, k)
 
 
 def test_apply_masks_on_sharded_tree(mesh):
@@ -99,5 +155,8 @@ def test_apply_masks_on_sharded_tree(mesh):
   assert jax.tree.all(
     jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()), got, want)
   )
-  text = f.lower(shard(params), shard(scores), 0.25, spec).compile().as_text()
-  assert "all-gather" not in text
+  # Only integer counts cross devices: no weights, scores, keys or masks.
+  ops = _collective_operands(
+    lambda p, s: pruning.apply_masks(p, s, 0.25, spec), shard(params), shard(scores)
+  )
+  assert {dtype for dtype, _ in ops} <= {"u16", "s32"}, ops
