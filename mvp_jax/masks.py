@@ -184,17 +184,6 @@ def count_true_many(xs: Sequence[jax.Array]) -> jax.Array:
   return jnp.stack(reduce(xs, jnp.int32, tuple(range(ndim))))
 
 
-def _group_counts(arrays, group_of, n_groups, pred) -> jax.Array:
-  """[G] int32: per group, the sum over its leaves of ``count_true(pred(leaf, group))``.
-
-  Each leaf's count is a local reduction plus (when sharded) an all-reduce of its partial sums.
-  """
-  per_group = [jnp.int32(0)] * n_groups
-  for a, g in zip(arrays, group_of, strict=True):
-    per_group[g] = per_group[g] + count_true(pred(a, g))
-  return jnp.stack(per_group)
-
-
 def default_radix_bits() -> int:
   """Bits of the threshold decided per pass of `kth_largest_key` on this backend.
 
@@ -309,16 +298,24 @@ def topk_select_groups(
   keys = [ordered_key(a) for a in leaves]
   k = jnp.clip(jnp.asarray(k, jnp.int32).reshape(n_groups), 0, jnp.asarray(sizes, jnp.int32))
   t = kth_largest_key(keys, k, group_of)
-  n_gt = _group_counts(keys, group_of, n_groups, lambda a, g: a > t[g])
-  quota = k - n_gt  # how many ties at t each group keeps, 0 <= quota <= its ties
+  # Per leaf, the entries above the threshold and those equal to it: in one pass where the
+  # search itself uses fused counts (CPU), in two plain scalar counts elsewhere.
+  if default_radix_bits() > 1:
+    count2 = count_true_many
+  else:
+    count2 = lambda xs: jnp.stack([count_true(x) for x in xs])  # noqa: E731
+  gt_eq = [count2([a > t[g], a == t[g]]) for a, g in zip(keys, group_of, strict=True)]
+  n_gt = [jnp.int32(0)] * n_groups
+  for (n_gt_leaf, _), g in zip(gt_eq, group_of, strict=True):
+    n_gt[g] = n_gt[g] + n_gt_leaf
+  quota = k - jnp.stack(n_gt)  # how many ties at t each group keeps, 0 <= quota <= its ties
   # The quota goes to the ties in leaf order: each leaf keeps all of its ties, none, or (at most
   # one leaf per group) the first `take` in row-major order. Only that leaf pays for an index
   # search, inside a cond, so a tied threshold costs passes over one matrix, not over all.
   kept_ties = []
   given = [jnp.int32(0)] * n_groups
-  for a, g in zip(keys, group_of, strict=True):
+  for a, g, (_, n_eq) in zip(keys, group_of, gt_eq, strict=True):
     eq = a == t[g]
-    n_eq = count_true(eq)
     take = jnp.clip(quota[g] - given[g], 0, n_eq)
     given[g] = given[g] + n_eq
     kept_ties.append(lax.cond((take > 0) & (take < n_eq), _last_kept_tie,
