@@ -73,13 +73,18 @@ def bench_threshold(name: str, shapes, level: float, repeats: int) -> dict:
 
   lv = jnp.float32(level)
   ours_local = jax.jit(lambda ss, lv: masks.local_topk_masks(ss, lv, shared_loop=False))
-  with one_bit():  # the same programs with the one-bit bisection, compiled under the patch
+  ours_global = jax.jit(lambda ss, lv: masks.global_topk_masks(ss, lv))
+  # The same programs with the one-bit bisection, traced and compiled under the patch. Each is a
+  # new function object: jit shares traces between jit wrappers of one function, which would
+  # hand one variant's program to the other.
+  with one_bit():
     ours_local_1bit = jax.jit(
       lambda ss, lv: masks.local_topk_masks(ss, lv, shared_loop=False)
     ).lower(scores, lv).compile()
-    ours_global_1bit = jax.jit(masks.global_topk_masks).lower(scores, lv).compile()
+    ours_global_1bit = jax.jit(
+      lambda ss, lv: masks.global_topk_masks(ss, lv)
+    ).lower(scores, lv).compile()
   ours_local_shared = jax.jit(lambda ss, lv: masks.local_topk_masks(ss, lv, shared_loop=True))
-  ours_global = jax.jit(masks.global_topk_masks)
 
   @jax.jit
   def sort_local(ss):  # the k-th largest from a full sort (k static), strict-greater mask
@@ -163,8 +168,9 @@ def bench_train_step(layers: int, hidden: int, ffn: int, batch: int, seq: int, r
   masked = lambda p, s, lv: forward(pruning.apply_masks(p, s, lv, spec))
   masked_step = jax.jit(jax.grad(masked, argnums=(0, 1)))
   lv = jnp.float32(0.3)
-  with one_bit():
-    masked_1bit = jax.jit(jax.grad(masked, argnums=(0, 1))).lower(params, scores, lv).compile()
+  with one_bit():  # a new function object, as above
+    masked_1bit = jax.jit(jax.grad(lambda p, s, lv: masked(p, s, lv), argnums=(0, 1)))
+    masked_1bit = masked_1bit.lower(params, scores, lv).compile()
   row = {"layers": layers, "hidden": hidden, "ffn": ffn, "batch": batch, "seq": seq}
   row.update(_round_robin_medians({
     "dense_s": (dense_step, (params,)),
@@ -179,7 +185,9 @@ def bench_train_step(layers: int, hidden: int, ffn: int, batch: int, seq: int, r
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
-  parser.add_argument("--repeats", type=int, default=None)
+  parser.add_argument("--repeats", type=int, default=None, help="rounds of the threshold timings")
+  parser.add_argument("--step-repeats", type=int, default=None,
+                      help="rounds of the masked-step timing (cheap next to the 85M sorts)")
   parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
   args = parser.parse_args(argv)
   repeats = args.repeats or (3 if args.quick else 10)
@@ -215,7 +223,9 @@ def main(argv=None) -> None:
     row = bench_threshold(name, shapes, level=0.1, repeats=repeats)
     result["threshold"].append(row)
     print(json.dumps(row))
-  result["train_step"] = bench_train_step(repeats=repeats, **step)
+  step_repeats = args.step_repeats or (3 if args.quick else 10)
+  result["step_repeats"] = step_repeats
+  result["train_step"] = bench_train_step(repeats=step_repeats, **step)
   print(json.dumps(result["train_step"]))
   args.out.parent.mkdir(parents=True, exist_ok=True)
   args.out.write_text(json.dumps(result, indent=2) + "\n")

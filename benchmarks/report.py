@@ -93,6 +93,9 @@ def _provenance(res: dict[str, Any]) -> list[str]:
 def render_masks(res: dict[str, Any]) -> str:
   """benchmarks/masks.py: sort-free threshold vs sort / lax.top_k, and two vs one bit a pass."""
   lines = ["### Top-k threshold: sort-free vs sort", ""] + _provenance(res) + [""]
+  if res.get("repeats"):
+    lines += [f"Medians of {res['repeats']} round-robin rounds (one call of each variant per "
+              "round).", ""]
   bits = {r.get("radix_bits") for r in res.get("threshold", [])} - {None}
   if bits:
     lines += [
@@ -129,7 +132,8 @@ def render_masks(res: dict[str, Any]) -> str:
       "",
       f"Masked forward+backward of a {ts['layers']}-layer stack (hidden "
       f"{ts['hidden']}, FFN {ts['ffn']}, batch {ts['batch']} x {ts['seq']}), no "
-      f"optimizer, timed round-robin: dense {_ms(ts['dense_s'])} ms, local top-k "
+      f"optimizer, medians of {res.get('step_repeats', res.get('repeats', '?'))} round-robin "
+      f"rounds: dense {_ms(ts['dense_s'])} ms, local top-k "
       f"{_ms(ts['masked_topk_local_s'])} ms ({_ratio(ts['masked_over_dense'])} dense){one_bit}.",
     ]
   return "\n".join(lines)
