@@ -184,6 +184,12 @@ def count_true_many(xs: Sequence[jax.Array]) -> jax.Array:
   return jnp.stack(reduce(xs, jnp.int32, tuple(range(ndim))))
 
 
+def _counts(xs: Sequence[jax.Array], fused: bool) -> jax.Array:
+  """[P] int32 counts of ``xs``: one fused reduction, or P plain scalar counts (all-reduce only
+  under sharding)."""
+  return count_true_many(xs) if fused else jnp.stack([count_true(x) for x in xs])
+
+
 def default_radix_bits() -> int:
   """Bits of the threshold decided per pass of `kth_largest_key` on this backend.
 
@@ -225,14 +231,13 @@ def kth_largest_key(
   k = jnp.atleast_1d(k)
   group_of = [0] * len(keys) if group_of is None else list(group_of)
   n_groups, n_cand = k.shape[0], 2**bits - 1
-  count = (lambda xs: count_true(xs[0])[None]) if bits == 1 else count_true_many
 
   def body(i, t):
     shift = (32 - bits * (i + 1)).astype(jnp.uint32)
     cand = [t | (jnp.uint32(j) << shift) for j in range(1, n_cand + 1)]  # each [G]
     counts = jnp.zeros((n_groups, n_cand), jnp.int32)
     for a, g in zip(keys, group_of, strict=True):
-      counts = counts.at[g].add(count([a >= c[g] for c in cand]))
+      counts = counts.at[g].add(_counts([a >= c[g] for c in cand], fused=bits > 1))
     digit = jnp.sum(counts >= k[:, None], axis=1, dtype=jnp.uint32)
     return t | (digit << shift)
 
@@ -300,11 +305,8 @@ def topk_select_groups(
   t = kth_largest_key(keys, k, group_of)
   # Per leaf, the entries above the threshold and those equal to it: in one pass where the
   # search itself uses fused counts (CPU), in two plain scalar counts elsewhere.
-  if default_radix_bits() > 1:
-    count2 = count_true_many
-  else:
-    count2 = lambda xs: jnp.stack([count_true(x) for x in xs])  # noqa: E731
-  gt_eq = [count2([a > t[g], a == t[g]]) for a, g in zip(keys, group_of, strict=True)]
+  fused = default_radix_bits() > 1
+  gt_eq = [_counts([a > t[g], a == t[g]], fused) for a, g in zip(keys, group_of, strict=True)]
   n_gt = [jnp.int32(0)] * n_groups
   for (n_gt_leaf, _), g in zip(gt_eq, group_of, strict=True):
     n_gt[g] = n_gt[g] + n_gt_leaf
