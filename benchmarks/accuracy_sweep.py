@@ -229,22 +229,28 @@ def plots(records: list[dict]) -> None:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
 
   for task in sorted({r["task"] for r in records}):
     rs = [r for r in records if r["task"] == task and r["method"] != "dense"
           and not r.get("tag")]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method in ("magnitude", "l0", "topk", "soft"):
+    for color, method in enumerate(("magnitude", "l0", "topk", "soft")):
       for distil in (False, True):
         pts = sorted((100 * r["remaining_paper"], 100 * r["value"]) for r in rs
                      if r["method"] == method and r["distil"] == distil)
         if pts:
           ax.plot(*zip(*pts, strict=True), marker="o", ls="--" if distil else "-",
-                  label=f"{LABELS[method]}{' + distil' if distil else ''}")
+                  color=f"C{color}", label=f"{LABELS[method]}{' + distil' if distil else ''}")
     dense = [100 * r["value"] for r in records if r["task"] == task and r["method"] == "dense"]
     if dense:
       ax.axhline(sum(dense) / len(dense), color="k", lw=0.8, label="dense")
+      ax.set_ylim(top=max([*dense, *(100 * r["value"] for r in rs)]) + 2)
     ax.set_xscale("log")
+    ticks = [t for t in (1, 2, 3, 5, 10, 20, 30, 50, 100)
+             if any(t / 2 <= 100 * r["remaining_paper"] <= t * 2 for r in rs)]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("remaining encoder weights (%)")
     ax.set_ylabel(f"{TASKS[task]['metric']} (%)")
     ax.set_title(f"{task}: MiniLM-L6")

@@ -1,0 +1,100 @@
+"""The accuracy sweep's pure parts: every cell's train.py overrides name real config fields, and
+the table's interpolated L0 / soft-movement cells agree with numpy on random points. No training."""
+
+import importlib.util
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from configs import default  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sweep():
+  spec = importlib.util.spec_from_file_location("_bench_sweep",
+                                                REPO / "benchmarks" / "accuracy_sweep.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+CELLS = [("dense", None, False)] + [(m, p, d) for m, p in [("magnitude", 0.1), ("topk", 0.03),
+                                                            ("soft", 500.0), ("l0", 100.0)]
+                                    for d in (False, True)]
+
+
+@pytest.mark.parametrize("task", ["sst2", "trec", "mrpc"])
+@pytest.mark.parametrize("method,param,distil", CELLS)
+def test_overrides_set_existing_config_fields_with_their_types(sweep, task, method, param,
+                                                               distil, tmp_path):
+  cfg = default.get_config()
+  flags = sweep.overrides(task, method, param, distil, 0, 1000, 32, tmp_path)
+  for flag in flags:
+    key, value = flag.removeprefix("--config.").split("=", 1)
+    *path, leaf = key.split(".")
+    node = cfg
+    for part in path:
+      node = node[part]
+    assert leaf in node, f"{flag}: no config field {key}"
+    # The value parses as the field's type (what ml_collections' flag parser will demand).
+    current = node[leaf]
+    if isinstance(current, bool):
+      assert value in ("True", "False"), flag
+    elif isinstance(current, (int, float)) and not isinstance(current, bool):
+      float(value)
+  got = dict(f.removeprefix("--config.").split("=", 1) for f in flags)
+  expected_method = {"dense": "none", "magnitude": "magnitude", "topk": "topk",
+                     "soft": "sigmoid_threshold", "l0": "l0"}[method]
+  assert got["pruning.method"] == expected_method
+  assert ("distill.teacher" in got) == distil
+  if distil:
+    assert got["distill.teacher"] == str(tmp_path / task / "dense-s0" / "export")
+
+
+def test_interpolation_matches_numpy_inside_and_flags_extrapolation(sweep):
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    xs = np.sort(rng.choice(np.linspace(0.5, 80, 400), size=rng.integers(2, 6), replace=False))
+    ys = rng.uniform(40, 95, size=xs.size)
+    points = [(float(x), float(y)) for x, y in zip(xs, ys, strict=True)]
+    rng.shuffle(points)
+    target = float(rng.uniform(xs[0], xs[-1]))
+    value, flag = sweep.interpolate(points, target)
+    assert flag == ""
+    np.testing.assert_allclose(value, np.interp(target, xs, ys), rtol=1e-12)
+  value, flag = sweep.interpolate([(1.0, 50.0), (2.0, 60.0), (4.0, 70.0)], 10.0)
+  assert flag == " (extrapolated)"
+  np.testing.assert_allclose(value, 70.0 + 5.0 * 6.0)
+  assert sweep.interpolate([(3.0, 50.0)], 3.0) is None
+
+
+def _record(method, param, value, remaining, seed=0, distil=False, tag=""):
+  return {"task": "trec", "method": method, "param": param, "distil": distil, "seed": seed,
+          "tag": tag, "steps": 1000, "metric": "accuracy", "value": value,
+          "remaining_paper": remaining}
+
+
+def test_table_cells_average_seeds_interpolate_lambdas_and_leave_out_variants(sweep):
+  records = [
+    _record("dense", None, 0.95, 1.0),
+    _record("topk", 0.1, 0.88, 0.1025), _record("topk", 0.1, 0.90, 0.1025, seed=1),
+    _record("topk", 0.1, 0.10, 0.1025, tag="broken"),  # a variant: listed, not in the cell
+    _record("l0", 100.0, 0.92, 0.0855), _record("l0", 250.0, 0.897, 0.0166),
+    _record("soft", 500.0, 0.91, 0.0697, distil=True),
+  ]
+  text = sweep.table(records)
+  rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line
+          for line in text.splitlines() if line.startswith("| 10%") or line.startswith("| 3%")}
+  cells = {k: [c.strip() for c in v.strip("|").split("|")[2:]] for k, v in rows.items()}
+  mag, l0, mvp, soft = cells[("10%", "no")]
+  assert (mag, mvp, soft) == ("-", "89.0 ± 1.0 (n=2)", "-")
+  want_l0_3 = np.interp(3.0, [1.66, 8.55], [89.7, 92.0])
+  assert cells[("3%", "no")][1] == f"{want_l0_3:.1f}"
+  assert l0.endswith("(extrapolated)")
+  assert cells[("10%", "yes")][3] == "-"  # one lambda cannot be interpolated
+  assert "topk-0.1-broken-s0" in text and "Dense fine-tuning (teacher): 95.0 (n=1)." in text
