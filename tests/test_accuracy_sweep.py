@@ -1,7 +1,6 @@
 """The accuracy sweep's pure parts: every cell's train.py overrides name real config fields, and
 the table's interpolated L0 / soft-movement cells agree with numpy on random points. No training."""
 
-import importlib.util
 import pathlib
 import sys
 
@@ -9,18 +8,15 @@ import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from _bench import load_benchmark  # noqa: E402
+
 from configs import default  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def sweep():
-  spec = importlib.util.spec_from_file_location("_bench_sweep",
-                                                REPO / "benchmarks" / "accuracy_sweep.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
+  return load_benchmark("accuracy_sweep")
 
 
 CELLS = [("dense", None, False)] + [(m, p, d) for m, p in [("magnitude", 0.1), ("topk", 0.03),
@@ -45,7 +41,7 @@ def test_overrides_set_existing_config_fields_with_their_types(sweep, task, meth
     current = node[leaf]
     if isinstance(current, bool):
       assert value in ("True", "False"), flag
-    elif isinstance(current, (int, float)) and not isinstance(current, bool):
+    elif isinstance(current, (int, float)):
       float(value)
   got = dict(f.removeprefix("--config.").split("=", 1) for f in flags)
   expected_method = {"dense": "none", "magnitude": "magnitude", "topk": "topk",

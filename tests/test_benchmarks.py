@@ -1,7 +1,6 @@
 """Smoke tests of the benchmark scripts: they still run, and the sort-based top-k they compare
 against is the same mask as ours. No timing is asserted."""
 
-import importlib.util
 import json
 import pathlib
 import sys
@@ -13,25 +12,18 @@ import pytest
 
 from mvp_jax import masks
 
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-  spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _bench import load_benchmark  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def step():
-  return _load("step")
+  return load_benchmark("step")
 
 
 @pytest.fixture(scope="module")
 def report():
-  return _load("report")
+  return load_benchmark("report")
 
 
 def _tied_scores():
