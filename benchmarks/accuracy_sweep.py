@@ -184,13 +184,20 @@ def cell(records: list[dict], method: str, distil: bool, target: float) -> str:
     mean = sum(vals) / len(vals)
     spread = f" ± {(max(vals) - min(vals)) / 2 * 100:.1f}" if len(vals) > 1 else ""
     return f"{100 * mean:.1f}{spread} (n={len(vals)})"
-  by_param: dict[float, list[dict]] = {}
+  # Interpolate each seed between its own runs, then average over the seeds that have two;
+  # a seed with a single lambda run cannot be interpolated and is left out of the cell.
+  by_seed: dict[int, list[dict]] = {}
   for r in rs:
-    by_param.setdefault(r["param"], []).append(r)
-  pts = [(100 * sum(r["remaining_paper"] for r in v) / len(v),
-          100 * sum(r["value"] for r in v) / len(v)) for v in by_param.values()]
-  got = interpolate(pts, 100 * target)
-  return "-" if got is None else f"{got[0]:.1f}{got[1]}"
+    by_seed.setdefault(r["seed"], []).append(r)
+  got = [interpolate([(100 * r["remaining_paper"], 100 * r["value"]) for r in v], 100 * target)
+         for v in by_seed.values()]
+  got = [g for g in got if g is not None]
+  if not got:
+    return "-"
+  vals = [v for v, _ in got]
+  spread = f" ± {(max(vals) - min(vals)) / 2:.1f}" if len(vals) > 1 else ""
+  flag = " (extrapolated)" if any(f for _, f in got) else ""
+  return f"{sum(vals) / len(vals):.1f}{spread} (n={len(vals)}){flag}"
 
 
 def table(records: list[dict]) -> str:

@@ -81,6 +81,9 @@ def test_table_cells_average_seeds_interpolate_lambdas_and_leave_out_variants(sw
     _record("topk", 0.1, 0.88, 0.1025), _record("topk", 0.1, 0.90, 0.1025, seed=1),
     _record("topk", 0.1, 0.10, 0.1025, tag="broken"),  # a variant: listed, not in the cell
     _record("l0", 100.0, 0.92, 0.0855), _record("l0", 250.0, 0.897, 0.0166),
+    _record("l0", 250.0, 0.50, 0.0166, seed=1),  # one lambda of seed 1: not interpolable
+    _record("soft", 500.0, 0.90, 0.07, seed=2), _record("soft", 2000.0, 0.92, 0.02, seed=2),
+    _record("soft", 500.0, 0.86, 0.07, seed=3), _record("soft", 2000.0, 0.90, 0.02, seed=3),
     _record("soft", 500.0, 0.91, 0.0697, distil=True),
   ]
   text = sweep.table(records)
@@ -88,9 +91,12 @@ def test_table_cells_average_seeds_interpolate_lambdas_and_leave_out_variants(sw
           for line in text.splitlines() if line.startswith("| 10%") or line.startswith("| 3%")}
   cells = {k: [c.strip() for c in v.strip("|").split("|")[2:]] for k, v in rows.items()}
   mag, l0, mvp, soft = cells[("10%", "no")]
-  assert (mag, mvp, soft) == ("-", "89.0 ± 1.0 (n=2)", "-")
+  assert (mag, mvp) == ("-", "89.0 ± 1.0 (n=2)")
+  assert soft.endswith("(n=2) (extrapolated)")  # 10% lies beyond both seeds' runs
   want_l0_3 = np.interp(3.0, [1.66, 8.55], [89.7, 92.0])
-  assert cells[("3%", "no")][1] == f"{want_l0_3:.1f}"
+  assert cells[("3%", "no")][1] == f"{want_l0_3:.1f} (n=1)"
+  soft_3 = [np.interp(3.0, [2.0, 7.0], [92.0, 90.0]), np.interp(3.0, [2.0, 7.0], [90.0, 86.0])]
+  assert cells[("3%", "no")][3] == (f"{np.mean(soft_3):.1f} ± {np.ptp(soft_3) / 2:.1f} (n=2)")
   assert l0.endswith("(extrapolated)")
   assert cells[("10%", "yes")][3] == "-"  # one lambda cannot be interpolated
   assert "topk-0.1-broken-s0" in text and "Dense fine-tuning (teacher): 95.0 (n=1)." in text
