@@ -231,6 +231,26 @@ def table(records: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def plot_series(records: list[dict], task: str) -> list[dict]:
+  """The lines of `task`'s plot: one per (method, distil, seed), points sorted by remaining %,
+  so a second seed is its own line instead of zigzagging through the first. Only the first
+  seed of a (method, distil) pair carries the legend label (the others: "").
+
+  Returns dicts with method, distil, seed, label, and pts [(remaining %, metric %), ...]."""
+  rs = [r for r in records if r["task"] == task and r["method"] != "dense" and not r.get("tag")]
+  series = []
+  for method in ("magnitude", "l0", "topk", "soft"):
+    for distil in (False, True):
+      seeds = sorted({r["seed"] for r in rs if r["method"] == method and r["distil"] == distil})
+      for i, seed in enumerate(seeds):
+        pts = sorted((100 * r["remaining_paper"], 100 * r["value"]) for r in rs
+                     if r["method"] == method and r["distil"] == distil and r["seed"] == seed)
+        label = f"{LABELS[method]}{' + distil' if distil else ''}" if i == 0 else ""
+        series.append({"method": method, "distil": distil, "seed": seed, "label": label,
+                       "pts": pts})
+  return series
+
+
 def plots(records: list[dict]) -> None:
   import matplotlib
 
@@ -242,13 +262,13 @@ def plots(records: list[dict]) -> None:
     rs = [r for r in records if r["task"] == task and r["method"] != "dense"
           and not r.get("tag")]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for color, method in enumerate(("magnitude", "l0", "topk", "soft")):
-      for distil in (False, True):
-        pts = sorted((100 * r["remaining_paper"], 100 * r["value"]) for r in rs
-                     if r["method"] == method and r["distil"] == distil)
-        if pts:
-          ax.plot(*zip(*pts, strict=True), marker="o", ls="--" if distil else "-",
-                  color=f"C{color}", label=f"{LABELS[method]}{' + distil' if distil else ''}")
+    colors = {m: f"C{i}" for i, m in enumerate(("magnitude", "l0", "topk", "soft"))}
+    for line in plot_series(records, task):
+      # Distillation: dashed with hollow triangles, so a lone distilled point is told apart.
+      ax.plot(*zip(*line["pts"], strict=True), color=colors[line["method"]],
+              ls="--" if line["distil"] else "-", marker="^" if line["distil"] else "o",
+              mfc="none" if line["distil"] else colors[line["method"]],
+              alpha=1.0 if line["seed"] == 0 else 0.6, label=line["label"] or None)
     dense = [100 * r["value"] for r in records if r["task"] == task and r["method"] == "dense"]
     if dense:
       ax.axhline(sum(dense) / len(dense), color="k", lw=0.8, label="dense")

@@ -100,3 +100,22 @@ def test_table_cells_average_seeds_interpolate_lambdas_and_leave_out_variants(sw
   assert l0.endswith("(extrapolated)")
   assert cells[("10%", "yes")][3] == "-"  # one lambda cannot be interpolated
   assert "topk-0.1-broken-s0" in text and "Dense fine-tuning (teacher): 95.0 (n=1)." in text
+
+
+def test_plot_lines_are_per_seed_and_distillation_apart(sweep):
+  records = [
+    _record("dense", None, 0.95, 1.0),
+    _record("soft", 500.0, 0.91, 0.0697), _record("soft", 2000.0, 0.914, 0.0156),
+    _record("soft", 2000.0, 0.902, 0.0149, seed=1),
+    _record("soft", 2000.0, 0.891, 0.0287, distil=True),
+    _record("topk", 0.1, 0.10, 0.1025, tag="broken"),  # a variant: not plotted
+  ]
+  series = sweep.plot_series(records, "trec")
+  assert [(s["method"], s["distil"], s["seed"]) for s in series] == [
+    ("soft", False, 0), ("soft", False, 1), ("soft", True, 0)]
+  seed0, seed1, distilled = series
+  # Seed 1's point (1.49%) is not joined into seed 0's line, though it sorts between its points.
+  np.testing.assert_allclose(seed0["pts"], [(1.56, 91.4), (6.97, 91.0)])
+  np.testing.assert_allclose(seed1["pts"], [(1.49, 90.2)])
+  assert (seed0["label"], seed1["label"], distilled["label"]) == (
+    "soft MvP", "", "soft MvP + distil")
