@@ -268,7 +268,7 @@ def plots(records: list[dict]) -> None:
       ax.plot(*zip(*line["pts"], strict=True), color=colors[line["method"]],
               ls="--" if line["distil"] else "-", marker="^" if line["distil"] else "o",
               mfc="none" if line["distil"] else colors[line["method"]],
-              alpha=1.0 if line["seed"] == 0 else 0.6, label=line["label"] or None)
+              alpha=1.0 if line["label"] else 0.6, label=line["label"] or None)
     dense = [100 * r["value"] for r in records if r["task"] == task and r["method"] == "dense"]
     if dense:
       ax.axhline(sum(dense) / len(dense), color="k", lw=0.8, label="dense")
