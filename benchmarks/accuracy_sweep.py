@@ -259,11 +259,11 @@ def plots(records: list[dict]) -> None:
   import matplotlib.ticker
 
   for task in sorted({r["task"] for r in records}):
-    rs = [r for r in records if r["task"] == task and r["method"] != "dense"
-          and not r.get("tag")]
+    series = plot_series(records, task)
+    pts = [pt for line in series for pt in line["pts"]]
     fig, ax = plt.subplots(figsize=(6, 4))
     colors = {m: f"C{i}" for i, m in enumerate(("magnitude", "l0", "topk", "soft"))}
-    for line in plot_series(records, task):
+    for line in series:
       # Distillation: dashed with hollow triangles, so a lone distilled point is told apart.
       ax.plot(*zip(*line["pts"], strict=True), color=colors[line["method"]],
               ls="--" if line["distil"] else "-", marker="^" if line["distil"] else "o",
@@ -272,10 +272,10 @@ def plots(records: list[dict]) -> None:
     dense = [100 * r["value"] for r in records if r["task"] == task and r["method"] == "dense"]
     if dense:
       ax.axhline(sum(dense) / len(dense), color="k", lw=0.8, label="dense")
-      ax.set_ylim(top=max([*dense, *(100 * r["value"] for r in rs)]) + 2)
+      ax.set_ylim(top=max([*dense, *(y for _, y in pts)]) + 2)
     ax.set_xscale("log")
     ticks = [t for t in (1, 2, 3, 5, 10, 20, 30, 50, 100)
-             if any(t / 2 <= 100 * r["remaining_paper"] <= t * 2 for r in rs)]
+             if any(t / 2 <= x <= t * 2 for x, _ in pts)]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("remaining encoder weights (%)")
