@@ -103,7 +103,12 @@ def run_cell(task: str, method: str, param: float | None, distil: bool, seed: in
   if distil and not ensure_teacher(task, seed, steps, batch, runs_dir):
     print(f"[wait] {task}/{name}: needs the dense teacher run first")
     return None
-  print(f"[run ] {task}/{name}", flush=True)
+  # train.py resumes from the workdir's latest checkpoint (a sitting that was stopped), so the
+  # wall time recorded below covers only the steps after it: the record says from where.
+  resumed_from = max((int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()),
+                     default=None)
+  print(f"[run ] {task}/{name}" + (f" (resuming from step {resumed_from})" if resumed_from else ""),
+        flush=True)
   t0 = time.time()
   proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True)
   if proc.returncode != 0:
@@ -116,7 +121,8 @@ def run_cell(task: str, method: str, param: float | None, distil: bool, seed: in
             "value": result["metrics"][TASKS[task]["metric"]], "metrics": result["metrics"],
             "remaining_paper": result["remaining_weights_paper"],
             "remaining_plain": result["remaining_weights_plain"],
-            "wall_time_s": time.time() - t0, "date": time.strftime("%Y-%m-%d"),
+            "wall_time_s": time.time() - t0, "resumed_from_step": resumed_from,
+            "date": time.strftime("%Y-%m-%d"),
             "command": " ".join(cmd[1:])}
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

@@ -1,5 +1,6 @@
 """The accuracy sweep's pure parts: every cell's train.py overrides name real config fields, and
-the table's interpolated L0 / soft-movement cells agree with numpy on random points. No training."""
+the table's interpolated L0 / soft-movement cells agree with numpy on random points; and the record
+a cell writes, with train.py replaced. No training."""
 
 import pathlib
 import sys
@@ -119,3 +120,29 @@ def test_plot_lines_are_per_seed_and_distillation_apart(sweep):
   np.testing.assert_allclose(seed1["pts"], [(1.49, 90.2)])
   assert (seed0["label"], seed1["label"], distilled["label"]) == (
     "soft MvP", "", "soft MvP + distil")
+
+
+@pytest.mark.parametrize("checkpoints,want", [((), None), (("200", "400", "400.orbax-tmp"), 400)])
+def test_run_cell_records_the_step_a_stopped_run_resumed_from(sweep, monkeypatch, tmp_path,
+                                                              checkpoints, want):
+  # train.py itself is replaced: the record's fields come from its eval_results.json and from
+  # the workdir as it was before the run, which is what this checks.
+  monkeypatch.setattr(sweep, "RESULTS", tmp_path / "results")
+  runs = tmp_path / "runs"
+  workdir = runs / "trec" / sweep.run_name("magnitude", 0.1, False, 0)
+  for name in checkpoints:
+    (workdir / "checkpoints" / name).mkdir(parents=True)
+  eval_results = {"metrics": {"accuracy": 0.5}, "remaining_weights_paper": 0.1025,
+                  "remaining_weights_plain": 0.1}
+
+  def fake_train(cmd, **kwargs):
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "eval_results.json").write_text(sweep.json.dumps(eval_results))
+    return sweep.subprocess.CompletedProcess(cmd, 0, "", "")
+
+  monkeypatch.setattr(sweep.subprocess, "run", fake_train)
+  record = sweep.run_cell("trec", "magnitude", 0.1, False, 0, 1000, 32, runs)
+  assert record["resumed_from_step"] == want
+  assert record["value"] == 0.5 and record["remaining_paper"] == 0.1025
+  stored = sweep.json.loads((tmp_path / "results" / "trec" / "magnitude-0.1-s0.json").read_text())
+  assert stored == record
