@@ -104,11 +104,13 @@ def run_cell(task: str, method: str, param: float | None, distil: bool, seed: in
     print(f"[wait] {task}/{name}: needs the dense teacher run first")
     return None
   # train.py resumes from the workdir's latest checkpoint (a sitting that was stopped), so the
-  # wall time recorded below covers only the steps after it: the record says from where.
+  # wall time recorded below covers only the steps after it: the record says from where. Orbax
+  # names a step's folder by its number only once written (unfinished: 550.orbax-checkpoint-tmp),
+  # so listing the names does what Checkpointer.latest_step does without importing jax here.
   resumed_from = max((int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()),
                      default=None)
-  print(f"[run ] {task}/{name}" + (f" (resuming from step {resumed_from})" if resumed_from else ""),
-        flush=True)
+  resuming = "" if resumed_from is None else f" (resuming from step {resumed_from})"
+  print(f"[run ] {task}/{name}{resuming}", flush=True)
   t0 = time.time()
   proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True)
   if proc.returncode != 0:
