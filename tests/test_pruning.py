@@ -249,6 +249,29 @@ def test_apply_masks_gradients_are_straight_through():
   np.testing.assert_allclose(fgp["classifier/kernel"], fp["classifier/kernel"], rtol=1e-6)
 
 
+@pytest.mark.parametrize("method,scope,level", [
+  ("topk", "local", 0.23), ("topk", "global", 0.23), ("magnitude", "local", 0.23),
+  ("magnitude", "global", 0.23), ("sigmoid_threshold", "local", 0.4), ("l0", "local", None),
+])
+def test_eager_calls_equal_traced_ones_and_reuse_one_compilation(method, scope, level):
+  # Called outside jit, the masks go through a cached compiled function; the values must be those
+  # of the same call traced inside the user's jit, and a new level must not compile again.
+  params = random_tree(seed=6, layers=2)
+  spec = pruning.PruningSpec(method=method, scope=scope, score_init="uniform", score_scale=2.0)
+  scores = pruning.init_scores(params, spec, jax.random.PRNGKey(2))
+  rng = jax.random.PRNGKey(3) if method == "l0" else None
+  traced = jax.jit(pruning.apply_masks, static_argnums=3)(params, scores, level, spec, rng)
+  eager = pruning.apply_masks(params, scores, level, spec, rng)
+  jax.tree.map(np.testing.assert_array_equal, eager, traced)
+  traced_masks = jax.jit(pruning.compute_masks, static_argnums=3)(params, scores, level, spec)
+  jax.tree.map(np.testing.assert_array_equal, pruning.compute_masks(params, scores, level, spec),
+               traced_masks)
+  compiled = pruning._flat_masks_compiled._cache_size()
+  other = None if level is None else level / 2
+  pruning.compute_masks(params, scores, other, spec)
+  assert pruning._flat_masks_compiled._cache_size() == compiled
+
+
 def test_frozendict_in_frozendict_out():
   params = FrozenDict(random_tree(seed=4))
   spec = pruning.PruningSpec()
