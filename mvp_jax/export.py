@@ -191,9 +191,8 @@ def fold(params: Mapping[str, Any], scores: Mapping[str, Any], level: float | No
   spec None means a dense (unpruned) model: params are returned unchanged.
   """
   if spec is not None:
-    # One compiled program instead of dozens of small eager ones (seconds on CPU); level static
-    # so the core still validates it.
-    params = jax.jit(pruning.fold_masks, static_argnums=(2, 3))(params, scores, level, spec)
+    # Called eagerly, the core compiles the masks once per spec and shapes and validates level.
+    params = pruning.fold_masks(params, scores, level, spec)
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), dict(params))
 
 
@@ -202,7 +201,7 @@ def compute_remaining(params: Mapping[str, Any], scores: Mapping[str, Any], leve
   """`pruning.remaining_weights` of the deterministic masks at `level` (all kept without spec)."""
   if spec is None:
     return pruning.remaining_weights(dict(params), {})
-  masks = jax.jit(pruning.compute_masks, static_argnums=(2, 3))(params, scores, level, spec)
+  masks = pruning.compute_masks(params, scores, level, spec)
   return pruning.remaining_weights(dict(params), jax.device_get(masks))
 
 
