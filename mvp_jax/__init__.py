@@ -27,6 +27,7 @@ from mvp_jax.pruning import (
   fold_masks,
   init_scores,
   mask_change,
+  multiply_masks,
   remaining_weights,
   select_paths,
 )
@@ -67,6 +68,7 @@ __all__ = [
   "load_pretrained",
   "load_sparse",
   "mask_change",
+  "multiply_masks",
   "regularizer",
   "remaining_weights",
   "save_sparse",

@@ -382,32 +382,67 @@ def apply_masks(
   _check_level(level, spec)
   chosen = _selected(params, spec)
   by_path = _scores_by_path(scores, chosen, spec)
-  masks = _masks(chosen, by_path, level, spec, rng)
+  return _multiply(params, _masks(chosen, by_path, level, spec, rng))
+
+
+def _multiply(params: PyTree, masks: dict[str, jax.Array]) -> PyTree:
+  """``params`` with each leaf whose path is a key of ``masks`` multiplied by that mask."""
   flat, treedef = _flatten(params)
   leaves = [leaf * masks[p].astype(leaf.dtype) if p in masks else leaf for p, _, leaf in flat]
   return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def compute_masks(
-  params: PyTree, scores: PyTree, level: jax.typing.ArrayLike | None, spec: PruningSpec
+  params: PyTree, scores: PyTree, level: jax.typing.ArrayLike | None, spec: PruningSpec,
+  rng: jax.Array | None = None,
 ) -> dict:
-  """Deterministic masks (evaluation, statistics, export).
+  """The masks `apply_masks` multiplies in: deterministic by default (evaluation, statistics,
+  export).
+
+  ``multiply_masks(params, compute_masks(params, scores, level, spec, rng))`` equals
+  ``apply_masks(params, scores, level, spec, rng)``, gradients included: a step that also needs
+  the masks themselves (to log or compare them) computes them once this way.
 
   Args:
     params: pytree of arrays.
     scores: from `init_scores` (``{}`` for magnitude).
     level: as in `apply_masks`.
     spec: the pruning spec.
+    rng: only for l0, as in `apply_masks`: a key gives the sampled hard-concrete training mask.
 
   Returns:
     Nested dict with the structure of ``scores`` (for magnitude: of the selected leaves), each
-    [in, out] float32: 0/1, or continuous in [0, 1] for l0.
+    [in, out] float32: 0/1, or in [0, 1] for l0 (continuous when deterministic).
   """
   _check_level(level, spec)
   chosen = _selected(params, spec)
   by_path = _scores_by_path(scores, chosen, spec)
-  masks = _masks(chosen, by_path, level, spec, None)
+  masks = _masks(chosen, by_path, level, spec, rng)
   return _nest([(keys, masks[p]) for p, keys, _ in chosen])
+
+
+def multiply_masks(params: PyTree, masks: PyTree) -> PyTree:
+  """``W' = W * M`` for every leaf of ``params`` that ``masks`` names; the others unchanged.
+
+  Args:
+    params: pytree of arrays (same container types come back).
+    masks: a tree from `compute_masks` on ``params`` (leaf paths as in ``params``).
+
+  Returns:
+    The tree of ``params`` with the masked kernels (dtype of each kernel kept).
+
+  Raises:
+    ValueError: a mask whose path is not a leaf of ``params``, or of another shape.
+  """
+  by_path = {p: m for p, _, m in _flatten(masks)[0]}
+  leaves = {p: leaf for p, _, leaf in _flatten(params)[0]}
+  for p, m in by_path.items():
+    if p not in leaves:
+      raise ValueError(f"multiply_masks: mask {p!r} names no leaf of params")
+    if tuple(m.shape) != tuple(leaves[p].shape):
+      raise ValueError(f"multiply_masks: mask {p!r} has shape {tuple(m.shape)}, the leaf "
+                       f"{tuple(leaves[p].shape)}")
+  return _multiply(params, by_path)
 
 
 def fold_masks(
@@ -532,6 +567,7 @@ __all__ = [
   "fold_masks",
   "init_scores",
   "mask_change",
+  "multiply_masks",
   "remaining_weights",
   "select_paths",
 ]

@@ -162,9 +162,11 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], teacher_params
 
   def loss_fn(trainable):
     params = trainable["params"]
+    masks = {}
     if spec is not None:
-      params = pruning.apply_masks(params, trainable["scores"], level, spec,
-                                   rng=mask_rng if spec.method == "l0" else None)
+      masks = pruning.compute_masks(params, trainable["scores"], level, spec,
+                                    rng=mask_rng if spec.method == "l0" else None)
+      params = pruning.multiply_masks(params, masks)
     out = forward(model, params, batch, deterministic=False, dropout_rng=dropout_rng)
     ce = task_loss(out, batch, opts.kind)
     kd = jnp.zeros((), jnp.float32)
@@ -176,10 +178,10 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], teacher_params
     if spec is not None and spec.method in ("sigmoid_threshold", "l0"):
       reg = regularizers.regularizer(trainable["scores"], spec)
       loss = loss + lam * reg
-    return loss, {"task_loss": ce, "distill_loss": kd, "regularizer": reg}
+    return loss, ({"task_loss": ce, "distill_loss": kd, "regularizer": reg}, masks)
 
   trainable = {"params": state.params, "scores": state.scores}
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+  (loss, (aux, step_masks)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
   updates, opt_state = tx.update(grads, state.opt_state, trainable)
   trainable = optax.apply_updates(trainable, updates)
   new_state = state.replace(step=state.step + 1, params=trainable["params"],
@@ -187,26 +189,22 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], teacher_params
   metrics = {"loss": loss, **aux, "level": level, "lambda": lam,
              "grad_norm": optax.tree.norm(grads)}
   if spec is not None and opts.churn_every:
-    def churn(_):
+    # The masks before the update are the forward's, except for l0, which trained on a sample.
+    before = None if spec.method == "l0" else jax.lax.stop_gradient(step_masks)
+
+    def churn(before):
+      if before is None:
+        before = pruning.compute_masks(state.params, state.scores, level, spec)
       return pruning.mask_change(
-        pruning.compute_masks(state.params, state.scores, level, spec),
-        pruning.compute_masks(new_state.params, new_state.scores, level, spec))
+        before, pruning.compute_masks(new_state.params, new_state.scores, level, spec))
     metrics["mask_churn"] = jax.lax.cond(new_state.step % opts.churn_every == 0, churn,
-                                         lambda _: jnp.zeros((), jnp.float32), None)
+                                         lambda _: jnp.zeros((), jnp.float32), before)
   return new_state, metrics
 
 
 def eval_step(params: PyTree, batch: Mapping[str, jax.Array], *, model: Any) -> Any:
   """Deterministic outputs on already-masked params (mask once per evaluation, not per batch)."""
   return forward(model, params, batch, deterministic=True)
-
-
-def masked_params(params: PyTree, scores: PyTree, level: jax.Array,
-                  spec: pruning.PruningSpec | None) -> PyTree:
-  """Evaluation params: deterministic masks at `level` folded in (dense when spec is None)."""
-  if spec is None:
-    return params
-  return pruning.apply_masks(params, scores, level, spec)
 
 
 # ----------------------------------------------------------------------------- set-up helpers
@@ -450,16 +448,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     in_shardings=(state_sharding, batch_sh, teacher_sh),
     out_shardings=(state_sharding, replicated), donate_argnums=(0,))
   params_sh = state_sharding.params
-  jit_masked = jax.jit(functools.partial(masked_params, spec=spec),
-                       in_shardings=(params_sh, state_sharding.scores, replicated),
-                       out_shardings=params_sh)
   jit_eval = jax.jit(functools.partial(eval_step, model=model),
                      in_shardings=(params_sh, batch_sh), out_shardings=replicated)
+  # One compiled mask program per run serves the logged counts and the evaluation params (the
+  # threshold searches dominate compile time); multiplying the masks in is a separate tiny one.
   jit_masks = (jax.jit(functools.partial(pruning.compute_masks, spec=spec))
                if spec is not None else None)
+  jit_multiply = jax.jit(pruning.multiply_masks, out_shardings=params_sh)
 
   def run_eval(st: TrainState) -> dict[str, float]:
-    p = jit_masked(st.params, st.scores, jnp.float32(final_level))
+    p = st.params
+    if spec is not None:  # the deterministic masks at the final level, folded in once
+      p = jit_multiply(st.params, jit_masks(st.params, st.scores, jnp.float32(final_level)))
     out: dict[str, float] = {}
     for name, feats in task.eval_sets.items():
       m = evaluate(jit_eval, p, feats, task, name, config.train.eval_batch_size, mesh)

@@ -1,5 +1,6 @@
 """PruningSpec, score init, apply/compute/fold masks on parameter trees, remaining weights."""
 
+import functools
 import math
 import re
 
@@ -270,6 +271,48 @@ def test_eager_calls_equal_traced_ones_and_reuse_one_compilation(method, scope, 
   other = None if level is None else level / 2
   pruning.compute_masks(params, scores, other, spec)
   assert pruning._flat_masks_compiled._cache_size() == compiled
+
+
+@pytest.mark.parametrize("method,scope,level", [
+  ("topk", "local", 0.23), ("topk", "global", 0.3), ("magnitude", "global", 0.23),
+  ("sigmoid_threshold", "local", 0.4), ("l0", "local", None),
+])
+def test_multiply_computed_masks_is_apply_masks_with_gradients(method, scope, level):
+  # The trainer computes the step's masks once (to log churn) and multiplies them in: values and
+  # gradients must be those of apply_masks, the sampled l0 training mask included.
+  params = random_tree(seed=8, layers=2)
+  spec = pruning.PruningSpec(method=method, scope=scope, score_init="uniform", score_scale=2.0)
+  scores = pruning.init_scores(params, spec, jax.random.PRNGKey(4))
+  rng = jax.random.PRNGKey(5) if method == "l0" else None
+
+  def loss(apply, p, s):
+    out = apply(p, s)
+    return sum(jnp.sum(jnp.sin(x) * (i + 1)) for i, x in enumerate(jax.tree.leaves(out)))
+
+  def one(p, s):
+    return pruning.apply_masks(p, s, level, spec, rng)
+
+  def two(p, s):
+    return pruning.multiply_masks(p, pruning.compute_masks(p, s, level, spec, rng))
+
+  jax.tree.map(np.testing.assert_array_equal, jax.jit(two)(params, scores), one(params, scores))
+  g1 = jax.jit(jax.grad(functools.partial(loss, one), argnums=(0, 1)))(params, scores)
+  g2 = jax.jit(jax.grad(functools.partial(loss, two), argnums=(0, 1)))(params, scores)
+  jax.tree.map(np.testing.assert_array_equal, g2, g1)
+  if method == "l0":  # the key gives the sampled mask, not the deterministic one
+    sampled = jax.tree.leaves(pruning.compute_masks(params, scores, None, spec, rng))
+    fixed = jax.tree.leaves(pruning.compute_masks(params, scores, None, spec))
+    assert not all(np.array_equal(a, b) for a, b in zip(sampled, fixed, strict=True))
+
+
+def test_multiply_masks_refuses_masks_that_do_not_fit():
+  params = random_tree(seed=9, layers=1)
+  spec = pruning.PruningSpec()
+  masks = pruning.compute_masks(params, pruning.init_scores(params, spec), 0.5, spec)
+  with pytest.raises(ValueError, match="names no leaf"):
+    pruning.multiply_masks({"classifier": params["classifier"]}, masks)
+  with pytest.raises(ValueError, match="has shape"):
+    pruning.multiply_masks(random_tree(seed=9, layers=1, hidden=6, ffn=12), masks)
 
 
 def test_frozendict_in_frozendict_out():

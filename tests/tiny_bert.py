@@ -36,7 +36,10 @@ def make_tiny_bert(out_dir: pathlib.Path, *, hidden: int = 32, layers: int = 2, 
                            attention_probs_dropout_prob=0.1)
   model = bert.model_for_head(config, "base")
   ids = jnp.zeros((1, 8), jnp.int32)
-  params = model.init(jax.random.PRNGKey(seed), ids, jnp.ones_like(ids), jnp.zeros_like(ids))
+  # Jitted: op by op, init compiles each of its ~70 small ops (about 7 s); as one program it is
+  # one compile, which the tests' persistent compilation cache then serves to every module.
+  params = jax.jit(model.init)(jax.random.PRNGKey(seed), ids, jnp.ones_like(ids),
+                               jnp.zeros_like(ids))
   tok = tokenization.load_tokenizer("packaged:minilm-l6")
   return hf.save_pretrained(params["params"], config, out_dir, head="base", tokenizer=tok)
 
