@@ -72,7 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.max_steps = 400  # Optimizer steps (0 = derived from num_epochs).
   c.train.eval_every_steps = 200  # Evaluate every N optimizer steps (0 = only at the end).
   c.train.log_every_steps = 10  # Log training metrics every N optimizer steps.
-  # Also log mask_churn, the share of the mask one step flips (2 extra mask computations per log).
+  # Also log mask_churn, the share of the mask one step flips (1 more mask search per log; l0: 2).
   c.train.log_mask_churn = True
   c.train.checkpoint_every_steps = 100  # Checkpoint every N optimizer steps (0 = only at the end).
   c.train.keep_checkpoints = 2  # Most recent checkpoints kept (plus the best one).

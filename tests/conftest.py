@@ -1,6 +1,8 @@
-"""Test-wide setup: every test sees 8 fake CPU devices, so sharding is always exercised.
+"""Test-wide setup: every test sees 8 fake CPU devices, so sharding is always exercised, and
+compiles with XLA's fast-compile options (tiny_bert.TEST_XLA_FLAGS; MVP_JAX_TEST_FULL_XLA=1 for
+XLA's defaults).
 
-The device count must be fixed before the JAX backend initialises, hence at import time here.
+Both must be fixed before the JAX backend initialises, hence at import time here.
 """
 
 import os
@@ -14,6 +16,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One compilation cache for the whole session, shared with the train.py subprocesses the tests
 # start: the tiny runs compile the same steps many times, and compiling dominates their cost.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mvp_jax_xla_cache_"))
+
+from tiny_bert import TEST_XLA_FLAGS  # noqa: E402
+
+# XLA's fast-compile options (tiny_bert.TEST_XLA_FLAGS), set before the backend reads its flags;
+# the subprocesses the tests start get them from tiny_bert.xla_flags.
+if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 import jax  # noqa: E402
 
@@ -33,3 +42,11 @@ def shared_data() -> pathlib.Path:
   if not path.is_dir():
     pytest.fail(f"{path} is missing: the tests need ../shared/data beside the checkout")
   return path
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory, worker_id) -> pathlib.Path:
+  """A temporary folder of this test session that all its pytest-xdist workers share (for
+  expensive fixtures built once, see tiny_bert.build_once)."""
+  base = tmp_path_factory.getbasetemp()
+  return base if worker_id == "master" else base.parent

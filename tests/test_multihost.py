@@ -11,6 +11,8 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "_multihost_worker.py"
+sys.path.insert(0, str(REPO / "tests"))
+from tiny_bert import xla_flags  # noqa: E402
 
 
 def _free_port() -> int:
@@ -22,7 +24,7 @@ def _free_port() -> int:
 def test_two_process_global_batch_matches_single_process():
   port = _free_port()
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = xla_flags()
   procs = [subprocess.Popen([sys.executable, str(WORKER), str(port), str(i)], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]

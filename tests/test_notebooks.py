@@ -41,8 +41,9 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
   copy = work / path.name
   shutil.copy(path, copy)
   nb = nbformat.read(copy, as_version=4)
-  # The kernel is a fresh process: it must not inherit the 8 fake devices of conftest.py, and
-  # it must import this checkout.
+  # The kernel is a fresh process: it must not inherit the 8 fake devices of conftest.py, nor
+  # the suite's fast-compile options (the notebooks compute more than they compile: their
+  # slower code would cost more than the compile time they save), and it must import this checkout.
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
     [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
   monkeypatch.delenv("XLA_FLAGS", raising=False)

@@ -20,6 +20,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from tiny_bert import (  # noqa: E402
   REPO,
+  build_once,
   checkpoint_steps,
   cli_args,
   cli_env,
@@ -30,6 +31,7 @@ from tiny_bert import (  # noqa: E402
   run_cli,
   tiny_config,
   tmp_checkpoints,
+  xla_flags,
 )
 
 from mvp_jax import checkpoint, masks, run_config, run_io, trainer  # noqa: E402
@@ -42,23 +44,28 @@ DEVICE_COUNT_ATOL = 1e-6
 DEVICE_COUNT_METRICS_RTOL = 1e-5
 
 
+# The model, the compilation cache and the reference run are built once per session and shared by
+# the xdist workers that run this module's tests.
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-  return make_tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  return cli_env(devices=8, compile_cache=tmp_path_factory.mktemp("jax_cache"))
+def tiny_dir(session_dir):
+  return build_once(session_dir / "reliability_bert", make_tiny_bert)
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_dir, env, tmp_path_factory):
+def env(session_dir):
+  cache = session_dir / "reliability_jax_cache"
+  cache.mkdir(exist_ok=True)
+  return cli_env(devices=8, compile_cache=cache)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dir, env, session_dir):
   """An uninterrupted 8-step run with export, on 8 devices."""
-  workdir = tmp_path_factory.mktemp("reference") / "run"
-  r = run_cli(cli_args(workdir, tiny_dir, EXPORT), env)
-  assert r.returncode == 0, r.stderr[-3000:]
-  return workdir
+  def run(workdir):
+    r = run_cli(cli_args(workdir, tiny_dir, EXPORT), env)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+  return build_once(session_dir / "reliability_reference", run)
 
 
 def _all_finite(tree) -> bool:
@@ -108,6 +115,25 @@ def test_sigkill_during_checkpoint_write_then_sigterm_then_resume_is_bitwise(
   diff = compare_runs(reference, workdir)
   assert diff["identical"], diff
   assert diff["export_bitwise"] and all(diff["export_files_identical"].values()), diff
+
+
+def test_sigkill_between_steps_then_rerun_is_bitwise(tiny_dir, env, reference, tmp_path):
+  # The common kill: a few checkpoints on disk, no write seen in progress. Re-running the same
+  # command resumes and ends identical to the uninterrupted run (params, scores, export, metrics).
+  workdir = tmp_path / "run"
+  args = cli_args(workdir, tiny_dir, EXPORT)
+  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  assert kill_when(proc, lambda: max(checkpoint_steps(workdir), default=-1) >= 3
+                   and not tmp_checkpoints(workdir)), "the run ended before it could be killed"
+  proc.wait()
+  assert not (workdir / "eval_results.json").exists()
+  r = run_cli(args, env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "Resumed from step" in r.stderr
+  assert "Remaining encoder weights" in r.stdout  # the summary of a finished run
+  diff = compare_runs(reference, workdir)
+  assert diff["identical"], diff
 
 
 @pytest.mark.parametrize("learning_rate,what", [
@@ -172,7 +198,7 @@ def test_rerun_in_process_equals_the_cli_run_bitwise(tiny_dir, reference, tmp_pa
 
 def test_one_device_matches_eight_devices_within_tolerance(tiny_dir, env, reference, tmp_path):
   r = run_cli(cli_args(tmp_path / "run", tiny_dir, EXPORT),
-              {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+              {**env, "XLA_FLAGS": xla_flags(1)})
   assert r.returncode == 0, r.stderr[-3000:]
   assert "1 devices" in r.stderr
   diff = compare_runs(reference, tmp_path / "run")

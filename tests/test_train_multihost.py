@@ -11,7 +11,7 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from tiny_bert import make_tiny_bert  # noqa: E402
+from tiny_bert import make_tiny_bert, xla_flags  # noqa: E402
 
 
 def _free_port() -> int:
@@ -43,7 +43,7 @@ def test_two_process_cluster_matches_one_process(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   one = subprocess.run(_cmd(tmp_path / "one", model_dir), cwd=REPO, capture_output=True, text=True,
                        timeout=600,
-                       env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+                       env={**env, "XLA_FLAGS": xla_flags(4)})
   assert one.returncode == 0, one.stderr[-3000:]
 
   port = _free_port()
@@ -51,7 +51,7 @@ def test_two_process_cluster_matches_one_process(tmp_path):
     _cmd(tmp_path / "two", model_dir, f"--config.distributed.coordinator_address=127.0.0.1:{port}",
          "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"),
     cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}) for i in range(2)]
+    env={**env, "XLA_FLAGS": xla_flags(2)}) for i in range(2)]
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs, strict=True):
     assert p.returncode == 0, err[-3000:]

@@ -96,13 +96,27 @@ def cli_args(workdir: str | os.PathLike, model_dir: str | os.PathLike, *extra: s
           "--config.optim.learning_rate=1e-3", *extra]
 
 
+# The suite compiles with XLA's fast-compile options: the same programs, less optimised machine
+# code, and about 40% less compile time, which is most of a tiny run's cost (a tiny train run's
+# losses came out bitwise equal with and without them). `MVP_JAX_TEST_FULL_XLA=1 make test` runs
+# the suite with XLA's defaults. conftest.py puts them in XLA_FLAGS; subprocesses get `xla_flags`.
+TEST_XLA_FLAGS = ("" if os.environ.get("MVP_JAX_TEST_FULL_XLA") == "1" else
+                  "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+
+
+def xla_flags(devices: int | None = None) -> str:
+  """XLA_FLAGS for a test subprocess: `devices` fake CPU devices (None: one) and TEST_XLA_FLAGS."""
+  flags = [f"--xla_force_host_platform_device_count={devices}"] if devices else []
+  return " ".join(flags + ([TEST_XLA_FLAGS] if TEST_XLA_FLAGS else []))
+
+
 def cli_env(devices: int = 8, compile_cache: str | os.PathLike | None = None) -> dict[str, str]:
   """Environment of a `train.py` subprocess: `devices` fake CPU devices, offline.
 
   ``compile_cache``: a folder for JAX's persistent compilation cache, so that the re-runs of a
   kill/resume test skip XLA compilation (the compiled code is the same, so results are too).
   """
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  env = {**os.environ, "XLA_FLAGS": xla_flags(devices),
          "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
          "JAX_PLATFORMS": "cpu"}
   if compile_cache is not None:
@@ -116,6 +130,25 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 600
             ) -> subprocess.CompletedProcess:
   """Runs a command in the repository root, capturing its text output."""
   return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def build_once(path: pathlib.Path, build: Callable[[pathlib.Path], Any]) -> pathlib.Path:
+  """``build(path)`` unless a finished build is already there; returns ``path``.
+
+  Concurrent callers (pytest-xdist workers sharing a folder) wait on a file lock, so one builds
+  and the others reuse its result. A build that raised leaves no marker and is redone.
+  """
+  import shutil
+
+  from filelock import FileLock
+
+  done = path.with_name(path.name + ".built")
+  with FileLock(str(path) + ".lock"):
+    if not done.exists():
+      shutil.rmtree(path, ignore_errors=True)
+      build(path)
+      done.touch()
+  return path
 
 
 # ----------------------------------------------------------------------------- workdir inspection
