@@ -185,23 +185,35 @@ def sparse_size_report(params: Mapping[str, Any], sparse_path: str | pathlib.Pat
 
 
 def fold(params: Mapping[str, Any], scores: Mapping[str, Any], level: float | None,
-         spec: pruning.PruningSpec | None) -> dict[str, Any]:
+         spec: pruning.PruningSpec | None, *,
+         masks: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Params with the deterministic masks at `level` multiplied in (host numpy, float32).
 
-  spec None means a dense (unpruned) model: params are returned unchanged.
+  spec None means a dense (unpruned) model: params are returned unchanged. `masks`, when given,
+  are the deterministic masks already computed (`pruning.compute_masks(params, scores, level,
+  spec)`, as the trainer has them at the end of a run): they are multiplied in instead of
+  searching the thresholds again.
   """
   if spec is not None:
-    # Called eagerly, the core compiles the masks once per spec and shapes and validates level.
-    params = pruning.fold_masks(params, scores, level, spec)
+    if masks is not None:
+      params = pruning.multiply_masks(params, masks)
+    else:
+      # Called eagerly, the core compiles the masks once per spec and shapes, validates level.
+      params = pruning.fold_masks(params, scores, level, spec)
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), dict(params))
 
 
 def compute_remaining(params: Mapping[str, Any], scores: Mapping[str, Any], level: float | None,
-                      spec: pruning.PruningSpec | None) -> dict[str, Any]:
-  """`pruning.remaining_weights` of the deterministic masks at `level` (all kept without spec)."""
+                      spec: pruning.PruningSpec | None, *,
+                      masks: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """`pruning.remaining_weights` of the deterministic masks at `level` (all kept without spec).
+
+  `masks`: those masks if already computed (see `fold`).
+  """
   if spec is None:
     return pruning.remaining_weights(dict(params), {})
-  masks = pruning.compute_masks(params, scores, level, spec)
+  if masks is None:
+    masks = pruning.compute_masks(params, scores, level, spec)
   return pruning.remaining_weights(dict(params), jax.device_get(masks))
 
 
@@ -300,7 +312,8 @@ def export_pretrained(params: Mapping[str, Any], scores: Mapping[str, Any],
                       remaining: Mapping[str, Any] | None = None,
                       label_names: Sequence[str] | None = None, sparse: bool = True,
                       sparse_values_dtype: str = "float32",
-                      overwrite: bool = True) -> pathlib.Path:
+                      overwrite: bool = True,
+                      masks: Mapping[str, Any] | None = None) -> pathlib.Path:
   """Folds the masks into the weights and writes a standard Hugging Face model folder.
 
   Args:
@@ -318,6 +331,9 @@ def export_pretrained(params: Mapping[str, Any], scores: Mapping[str, Any],
     sparse: also write the compact `sparse_model.safetensors`.
     sparse_values_dtype: "float32" (exact) or "float16" values in the sparse file.
     overwrite: replace an existing out_dir (only after the new folder is complete).
+    masks: the deterministic masks at `level` if the caller has them already
+      (`pruning.compute_masks(params, scores, level, spec)`, the nested tree of float
+      [in, out] masks); they are folded in instead of computed again. Ignored for spec None.
 
   Returns:
     out_dir as a Path.
@@ -333,9 +349,12 @@ def export_pretrained(params: Mapping[str, Any], scores: Mapping[str, Any],
   if label_names and head == "classification":
     names = [str(n) for n in label_names]
     config = config.with_labels(len(names), dict(enumerate(names)))
-  if remaining is None:
-    remaining = compute_remaining(params, scores, level, spec)
-  folded = fold(params, scores, level, spec)
+  try:
+    if remaining is None:
+      remaining = compute_remaining(params, scores, level, spec, masks=masks)
+    folded = fold(params, scores, level, spec, masks=masks)
+  except ValueError as e:  # masks that do not fit params
+    raise UserError(f"cannot export: {e}") from None
   try:
     hf.check_params(folded, config, head)
   except hf.CheckpointError as e:

@@ -55,8 +55,12 @@ def sparsity_rows(masks: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def write_report(out_dir: str | pathlib.Path, params: Any, scores: Any, level: float,
-                 spec: pruning.PruningSpec) -> pathlib.Path:
-  """Writes the tables and plots for `params`/`scores` masked at `level`; returns out_dir."""
+                 spec: pruning.PruningSpec, *, masks: Any = None) -> pathlib.Path:
+  """Writes the tables and plots for `params`/`scores` masked at `level`; returns out_dir.
+
+  `masks`: the deterministic masks at `level` if already computed
+  (`pruning.compute_masks(params, scores, level, spec)`); computed here when None.
+  """
   import matplotlib
 
   matplotlib.use("Agg")
@@ -64,7 +68,9 @@ def write_report(out_dir: str | pathlib.Path, params: Any, scores: Any, level: f
 
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  masks = jax.device_get(pruning.compute_masks(params, scores, level, spec))
+  if masks is None:
+    masks = pruning.compute_masks(params, scores, level, spec)
+  masks = jax.device_get(masks)
   rows = sparsity_rows(masks)
   rem = pruning.remaining_weights(params, masks)
 

@@ -466,10 +466,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       out.update({metric_key(task, name, k): v for k, v in m.items()})
     return out
 
-  def remaining(st: TrainState, level: float) -> dict[str, Any]:
+  def remaining(st: TrainState, level: float, masks: Any = None) -> dict[str, Any]:
     if spec is None:
       return {"paper": 1.0, "plain": 1.0}
-    masks = jit_masks(st.params, st.scores, jnp.float32(level))
+    if masks is None:
+      masks = jit_masks(st.params, st.scores, jnp.float32(level))
     return pruning.remaining_weights(jax.device_get(st.params), jax.device_get(masks))
 
   writer = logging_utils.MetricsWriter(workdir, enabled=main)
@@ -571,7 +572,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # Issue 7: the killed run may have died before its final eval row; log it (same values).
     with logging_utils.MetricsWriter(workdir, enabled=main) as final_writer:
       final_writer.write(steps, eval_metrics, prefix="eval")
-  rem = remaining(state, final_level)
+  # The final-level masks, searched once for the counts, the report and the export.
+  final_masks = (jax.device_get(jit_masks(state.params, state.scores, jnp.float32(final_level)))
+                 if spec is not None else None)
+  rem = remaining(state, final_level, final_masks)
   results = {"metrics": eval_metrics, "remaining_weights_paper": rem["paper"],
              "remaining_weights_plain": rem["plain"], "step": steps,
              "method": config.pruning.method, "final_level": final_level,
@@ -580,13 +584,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     host_params = jax.device_get(state.params)
     host_scores = jax.device_get(state.scores)
     if config.train.report and spec is not None:
-      report.write_report(workdir / "report", host_params, host_scores, final_level, spec)
+      report.write_report(workdir / "report", host_params, host_scores, final_level, spec,
+                          masks=final_masks)
     if config.train.export:
       from mvp_jax import export
       export.export_pretrained(host_params, host_scores, final_level, spec, model.config,
                                tokenizer, workdir / "export", head=head,
                                metrics=eval_metrics, remaining=rem,
-                               label_names=tuple(task.label_names or ()))
+                               label_names=tuple(task.label_names or ()), masks=final_masks)
     _write_atomic(results_path, json.dumps(results, indent=2, sort_keys=True))
   ckpt.close()
   return results

@@ -200,6 +200,36 @@ def test_export_is_atomic_and_checks_labels(tmp_path):
   assert json.loads((target / "pruning.json").read_text())["level"] == 0.1
 
 
+@pytest.mark.parametrize("method", ["topk", "l0"])
+def test_export_with_the_callers_masks_writes_the_same_model(method, tmp_path):
+  """The trainer passes its final masks (no second threshold search): same files' contents."""
+  model = bert.BertForSequenceClassification(CFG)
+  params = _random_params(model, seed=8)
+  spec = _spec(method)
+  scores = pruning.init_scores(params, spec, jax.random.key(9))
+  level = LEVELS[method]
+  own = export.export_pretrained(params, scores, level, spec, CFG, None, tmp_path / "own",
+                                 head="classification")
+  masks = jax.device_get(compute_masks(params, scores, level, spec))
+  given = export.export_pretrained(params, scores, level, spec, CFG, None, tmp_path / "given",
+                                   head="classification", masks=masks)
+  a, b = (export.load_sparse(d / export.SPARSE_FILE) for d in (own, given))
+  for (k, x), y in zip(traverse_util.flatten_dict(a, sep="/").items(), jax.tree.leaves(b),
+                       strict=True):
+    np.testing.assert_array_equal(x, y, err_msg=k)
+  summary = [json.loads((d / "pruning.json").read_text()) for d in (own, given)]
+  assert summary[0]["remaining"] == summary[1]["remaining"]
+  # Masks of another model are refused by name, and nothing is written.
+  flat = traverse_util.flatten_dict(masks, sep="/")
+  key = next(iter(flat))
+  flat[key] = flat[key][:-1]
+  with pytest.raises(UserError, match=f"cannot export: .*{key}"):
+    export.export_pretrained(params, scores, level, spec, CFG, None, tmp_path / "bad",
+                             head="classification",
+                             masks=traverse_util.unflatten_dict(flat, sep="/"))
+  assert not (tmp_path / "bad").exists()
+
+
 # ------------------------------------------------------------------------------ sparse format
 
 

@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -100,14 +101,18 @@ def test_report_export_and_cli_export(tiny_dir, tmp_path):
   assert (q != 0).mean() == pytest.approx(0.1, abs=1 / q.size)
   card = (export / "README.md").read_text()
   assert "topk" in card
-  # The export command line rebuilds the same folder from the checkpoint.
+  # The export command line rebuilds the same folder from the checkpoint (its own threshold
+  # search; the trainer folded in the masks it had computed for the final evaluation).
   r = subprocess.run([sys.executable, "-m", "mvp_jax.export", "--workdir", str(tmp_path / "run"),
                       "--out", str(tmp_path / "again")], capture_output=True, text=True,
                      timeout=300, cwd=REPO)
   assert r.returncode == 0, r.stderr[-2000:]
   _, again = hf.load_pretrained(str(tmp_path / "again"), head="classification")
-  np.testing.assert_array_equal(
-    again["bert"]["encoder"]["layer"]["0"]["attention"]["self"]["query"]["kernel"], q)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again), strict=True):
+    np.testing.assert_array_equal(a, b)
+  summaries = [json.loads((d / "pruning.json").read_text()) for d in (export, tmp_path / "again")]
+  for key in ("remaining_weights_paper", "remaining_weights_plain"):
+    assert summaries[0][key] == summaries[1][key] == results[key], key
   assert results["metrics"]
 
 
