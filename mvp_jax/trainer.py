@@ -471,7 +471,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       return {"paper": 1.0, "plain": 1.0}
     if masks is None:
       masks = jit_masks(st.params, st.scores, jnp.float32(level))
-    return pruning.remaining_weights(jax.device_get(st.params), jax.device_get(masks))
+    # Only the params' shapes are read: no host copy of the weights.
+    return pruning.remaining_weights(st.params, jax.device_get(masks))
 
   writer = logging_utils.MetricsWriter(workdir, enabled=main)
   stop_signal: dict[str, int | None] = {"signum": None}

@@ -46,6 +46,15 @@ def _spec(method: str) -> pruning.PruningSpec:
   return pruning.PruningSpec(method=method, score_init="uniform", score_scale=scale)
 
 
+def _pruned_classifier(method: str, seed: int):
+  """(model, params, spec, scores, level): random classifier params and scores for `method`."""
+  model = bert.BertForSequenceClassification(CFG)
+  params = _random_params(model, seed=seed)
+  spec = _spec(method)
+  scores = pruning.init_scores(params, spec, jax.random.key(seed + 1))
+  return model, params, spec, scores, LEVELS[method]
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
   """The packaged MiniLM tokenizer (export only saves it; the tiny model never sees its ids)."""
@@ -78,11 +87,7 @@ def _assert_clean_load(info):
 
 @pytest.mark.parametrize("method", list(LEVELS))
 def test_classification_export_loads_in_transformers(method, tokenizer, tmp_path):
-  model = bert.BertForSequenceClassification(CFG)
-  params = _random_params(model, seed=1)
-  spec = _spec(method)
-  scores = pruning.init_scores(params, spec, jax.random.key(2))
-  level = LEVELS[method]
+  model, params, spec, scores, level = _pruned_classifier(method, seed=1)
   out = export.export_pretrained(params, scores, level, spec, CFG, tokenizer, tmp_path / "exp",
                                  head="classification", metrics={"accuracy": 0.75},
                                  label_names=("neg", "neu", "pos"))
@@ -203,11 +208,7 @@ def test_export_is_atomic_and_checks_labels(tmp_path):
 @pytest.mark.parametrize("method", ["topk", "l0"])
 def test_export_with_the_callers_masks_writes_the_same_model(method, tmp_path):
   """The trainer passes its final masks (no second threshold search): same files' contents."""
-  model = bert.BertForSequenceClassification(CFG)
-  params = _random_params(model, seed=8)
-  spec = _spec(method)
-  scores = pruning.init_scores(params, spec, jax.random.key(9))
-  level = LEVELS[method]
+  _, params, spec, scores, level = _pruned_classifier(method, seed=8)
   own = export.export_pretrained(params, scores, level, spec, CFG, None, tmp_path / "own",
                                  head="classification")
   masks = jax.device_get(compute_masks(params, scores, level, spec))
