@@ -14,7 +14,8 @@ metric), as the paper did (spec §6.3). All runs share the step budget and sched
   python benchmarks/accuracy_sweep.py --task sst2 --methods dense,magnitude,topk --steps 1000
   python benchmarks/accuracy_sweep.py --task sst2 --methods soft --lambdas 10,50,200 --distil both
   python benchmarks/accuracy_sweep.py --task sst2 --methods topk --levels 0.1 \
-      --tag slr1e-3 --set optim.score_learning_rate=1e-3      # a variant, listed apart
+      --tag lrw25-prune25 --set optim.warmup_steps=25 \
+      --set pruning.initial_warmup=1 --set pruning.final_warmup=8   # a variant, listed apart
   python benchmarks/accuracy_sweep.py --table
 """
 
@@ -325,7 +326,7 @@ def main() -> int:
   ap.add_argument("--tag", default="", help="name of a variant run (needs --set)")
   ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                   help="extra train.py override for a --tag variant, e.g. "
-                       "optim.score_learning_rate=1e-3 (repeatable)")
+                       "optim.warmup_steps=25 (repeatable)")
   ap.add_argument("--table", action="store_true", help="only regenerate the table and plots")
   args = ap.parse_args()
   if args.table:

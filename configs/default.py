@@ -53,7 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4  # Peak learning rate of the weights (AdamW).
-  c.optim.score_learning_rate = 1e-2  # Peak learning rate of the scores (Adam, no decay).
+  # Peak learning rate of the scores (Adam, no decay). Hard top-k from constant scores does not
+  # depend on it (it scales every score alike); soft movement's threshold and L0's gates do.
+  c.optim.score_learning_rate = 1e-2
   c.optim.weight_decay = 0.0  # AdamW decay on weights (never on biases, LayerNorm or scores).
   c.optim.warmup_steps = 40  # Linear LR warm-up, in optimizer steps (also the pruning unit).
   c.optim.adam_eps = 1e-8  # Adam epsilon.

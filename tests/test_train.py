@@ -195,3 +195,26 @@ def test_cli_user_error_is_one_line_and_leaves_no_workdir(tmp_path):
   assert "/nonexistent/model" in r.stderr
   assert not (tmp_path / "w").exists()
   assert run_config.METHODS  # the module is importable without JAX devices
+
+
+def test_hard_topk_does_not_depend_on_the_score_learning_rate(tiny_dir, tmp_path):
+  """Top-k with scores initialised to 0: scaling the score lr by 2**-3 scales every score by 2**-3
+  exactly (Adam's step does not depend on the scores, and a power of two commutes with rounding),
+  so the ranking, the masks and the whole run are bitwise the same. Hence sweeping the score lr
+  of hard movement pruning (as the reference's users do) changes nothing; soft movement's fixed
+  threshold tau does depend on it, which this test checks too, so it can fail."""
+
+  def losses(method, score_lr, name, **extra):
+    c = tiny_config(tiny_dir, **{"pruning.method": method, "optim.score_learning_rate": score_lr,
+                                 **extra})
+    results = trainer.train_and_evaluate(c, tmp_path / name)
+    rows = [r for r in read_metrics(tmp_path / name) if "train/loss" in r]
+    return [(r["train/loss"], r["train/mask_churn"]) for r in rows], results["metrics"]
+
+  base = losses("topk", 1e-2, "a")
+  assert any(churn > 0 for _, churn in base[0])  # the masks do move during the run
+  assert losses("topk", 1e-2 / 8, "b") == base
+  soft = {"pruning.initial_level": 0.0, "pruning.final_level": 0.1, "pruning.final_lambda": 50.0}
+  assert losses("sigmoid_threshold", 2.0, "c", **soft) != losses(
+    "sigmoid_threshold", 2.0 / 8, "d", **soft
+  )
