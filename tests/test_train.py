@@ -200,9 +200,9 @@ def test_cli_user_error_is_one_line_and_leaves_no_workdir(tmp_path):
 def test_hard_topk_does_not_depend_on_the_score_learning_rate(tiny_dir, tmp_path):
   """Top-k with scores initialised to 0: scaling the score lr by 2**-3 scales every score by 2**-3
   exactly (Adam's step does not depend on the scores, and a power of two commutes with rounding),
-  so the ranking, the masks and the whole run are bitwise the same. Hence sweeping the score lr
-  of hard movement pruning (as the reference's users do) changes nothing; soft movement's fixed
-  threshold tau does depend on it, which this test checks too, so it can fail."""
+  so the ranking, the masks and the whole run are bitwise the same: tuning the score lr of hard
+  movement pruning changes nothing. Soft movement's fixed threshold tau does depend on it, which
+  this test checks too, so it can fail."""
 
   def losses(method, score_lr, name, **extra):
     c = tiny_config(tiny_dir, **{"pruning.method": method, "optim.score_learning_rate": score_lr,
