@@ -221,25 +221,27 @@ def _step_model(name: str, sec: dict[str, Any], backend: str = "cpu") -> list[st
   ]
   if notes:
     lines += ["", "Reference approach in the same run: " + "; ".join(notes) + "."]
-  if sec.get("one_bit_over_default") and backend != "cpu":
-    lines += [
-      "",
-      "Noise in the same run: off CPU the default search is already the one-bit bisection, so "
-      "`topk_local_1bit` and `topk_local` compile the same program; their medians differ by "
-      f"{_ratio(sec['one_bit_over_default'])}.",
-    ]
-  if sec.get("two_bit_over_default") and backend != "cpu":
-    lines += [
-      "",
-      "Threshold search in the same run: `topk_local_2bit` (two bits per pass, 16 passes of "
-      f"fused counts, the CPU default) takes {_ratio(sec['two_bit_over_default'])} the time of "
-      "`topk_local` (this backend's default, one bit per pass).",
-    ]
-  if sec.get("one_bit_over_default") and backend == "cpu":
+  one_bit, two_bit = sec.get("one_bit_over_default"), sec.get("two_bit_over_default")
+  if backend != "cpu":  # off CPU the default search is the one-bit bisection
+    if one_bit:
+      lines += [
+        "",
+        "Noise in the same run: off CPU the default search is already the one-bit bisection, "
+        "so `topk_local_1bit` and `topk_local` compile the same program; their medians differ "
+        f"by {_ratio(one_bit)}.",
+      ]
+    if two_bit:
+      lines += [
+        "",
+        "Threshold search in the same run: `topk_local_2bit` (two bits per pass, 16 passes of "
+        f"fused counts, the CPU default) takes {_ratio(two_bit)} the time of `topk_local` (this "
+        "backend's default, one bit per pass).",
+      ]
+  elif one_bit:
     lines += [
       "",
       "Threshold search in the same run: `topk_local_1bit` (a one-bit bisection, 32 passes, "
-      f"the search before two-bit passes) takes {_ratio(sec['one_bit_over_default'])} the "
+      f"the search before two-bit passes) takes {_ratio(one_bit)} the "
       "time of `topk_local` (the backend's default search).",
     ]
   tv = {v: r for v, r in sec["variants"].items() if v.startswith("torch_")}
@@ -341,9 +343,13 @@ def render_eval(
   return "\n".join(lines)
 
 
+def _device(res: dict[str, Any]) -> str:
+  return res.get("device", res.get("backend", "accelerator"))
+
+
 def render_accelerator(res: dict[str, Any]) -> str:
   """step_accelerator.json (step.py on a GPU/TPU, --out): train step, then eval throughput."""
-  device = res.get("device", res.get("backend", "accelerator"))
+  device = _device(res)
   parts = [render_step(res, title=f"Train step on an accelerator ({device})")]
   if "eval_throughput" in res:
     parts.append(render_eval(res, title=f"Evaluation throughput on an accelerator ({device})"))
@@ -352,8 +358,7 @@ def render_accelerator(res: dict[str, Any]) -> str:
 
 def render_masks_accelerator(res: dict[str, Any]) -> str:
   """masks_accelerator.json (masks.py on a GPU/TPU, --out)."""
-  device = res.get("device", res.get("backend", "accelerator"))
-  return render_masks(res, title=f"Top-k threshold on an accelerator ({device})")
+  return render_masks(res, title=f"Top-k threshold on an accelerator ({_device(res)})")
 
 
 def _eval_source(results_dir: pathlib.Path) -> dict[str, Any] | None:

@@ -790,6 +790,7 @@ def bench_train_step(
   dense = statistics.median(times["dense"]) if times.get("dense") else None
   dense_mem = next((v.memory.get("peak") for v in built if v.name == "dense"), None)
   dense_temp = next((v.memory.get("temp") for v in built if v.name == "dense"), None)
+  torch_dense_mem = next((v.memory.get("peak") for v in built if v.name == "torch_dense"), None)
   for v in built:
     row = {
       "description": v.description,
@@ -802,7 +803,6 @@ def bench_train_step(
       ref = statistics.median(times["torch_dense"])
       row["ratio_to_torch_dense"] = row["median_s"] / ref
       row["ratio_to_jax_dense"] = row["median_s"] / dense if dense else None
-      torch_dense_mem = next((t.memory.get("peak") for t in built if t.name == "torch_dense"), None)
       peak = v.memory.get("peak")
       row["memory_ratio_to_torch_dense"] = (
         peak / torch_dense_mem if peak and torch_dense_mem else None
@@ -906,6 +906,7 @@ def bench_eval_throughput(
   scores = pruning.init_scores(params, spec, jax.random.PRNGKey(0))
   batch_np = make_batch(cfg, batch_size, seq_len)
   threads = torch_threads or _usable_cores()
+  tdev = torch_device() if torch else None
   variants: list[EvalVariant] = []
   zeros = {}
   with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -945,7 +946,6 @@ def bench_eval_throughput(
 
       th.set_num_threads(threads)
       transformers.logging.disable_progress_bar()
-      tdev = torch_device()
       tb = {
         k: th.from_numpy(np.asarray(batch_np[k], np.int64)).to(tdev)
         for k in ("input_ids", "attention_mask", "token_type_ids")
@@ -978,7 +978,7 @@ def bench_eval_throughput(
       "level": level,
       "pruning": "topk local, random scores",
       "torch_threads": threads if torch else None,
-      "torch_device": torch_device() if torch else None,
+      "torch_device": tdev,
     },
     "zero_fraction_of_pruned_matrices": zeros,
     "variants": {},
