@@ -57,6 +57,24 @@ def criterion_scores(name: str, scores):
   raise ValueError(f"unknown criterion {name!r}; choose from {CRITERIA}")
 
 
+def make_evaluator(run: run_io.Run):
+  """(evaluate, metric, task) for `run`'s eval set: evaluate(params) -> the task's first metric
+  on every eval example, params already masked (one jit-compiled forward, reused)."""
+  cfg = run.config
+  task = tasks.build_task(cfg.data, tokenization.load_tokenizer(
+      run.model_dir, max_length=cfg.data.max_seq_length))
+  mesh = sharding.make_mesh((1, 1))
+  eval_fn = jax.jit(lambda p, b: trainer.eval_step(p, b, model=run.model))
+  metric = task.metric_names[0]
+
+  def evaluate(params) -> float:
+    metrics = trainer.evaluate(eval_fn, params, task.eval_features, task, None,
+                               int(cfg.train.eval_batch_size), mesh)
+    return float(metrics[metric])
+
+  return evaluate, metric, task
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("workdir", type=pathlib.Path)
@@ -71,11 +89,7 @@ def main(argv=None) -> int:
   if not jax.tree.leaves(first.scores):
     raise SystemExit(f"{args.workdir} has no scores: train it with a score-based method.")
   cfg = first.config
-  task = tasks.build_task(cfg.data, tokenization.load_tokenizer(
-      first.model_dir, max_length=cfg.data.max_seq_length))
-  mesh = sharding.make_mesh((1, 1))
-  eval_fn = jax.jit(lambda p, b: trainer.eval_step(p, b, model=first.model))
-  metric = task.metric_names[0]
+  evaluate, metric, task = make_evaluator(first)
   include = tuple(cfg.pruning.include)
   magnitude = pruning.PruningSpec(method="magnitude", include=include)
   topk = pruning.PruningSpec(method="topk", scope="local", include=include)
@@ -83,12 +97,6 @@ def main(argv=None) -> int:
   rows = []
   for step in steps:
     run = first if step == steps[0] else run_io.load_run(args.workdir, step)
-
-    def evaluate(params):
-      metrics = trainer.evaluate(eval_fn, params, task.eval_features, task, None,
-                                 int(cfg.train.eval_batch_size), mesh)
-      return float(metrics[metric])
-
     row = {"step": step, "unmasked": evaluate(run.params), "by_level": {}}
     for level in levels:
       row["by_level"][str(level)] = {

@@ -265,3 +265,65 @@ def test_masks_block_renders_an_accelerator_run(report):
   assert "### Top-k threshold on an accelerator (Test GPU)" in text
   assert "2-bit local ms" in text and "ours local, one loop ms" in text
   assert "| n | 2 | 4.0 | 2.0 | 2.0 | 0.50x | 1.0 | 3.0 | 0.25x |" in text
+
+
+@pytest.fixture(scope="module")
+def structure():
+  return load_benchmark("mask_structure")
+
+
+def _layer_masks(rng, hidden=6, inter=10, layers=2, p=0.3):
+  """Random 0/1 masks under BERT's six kernel paths, [in, out] as Flax stores them."""
+  shapes = {"attention/self/query": (hidden, hidden), "attention/self/key": (hidden, hidden),
+            "attention/self/value": (hidden, hidden), "attention/output/dense": (hidden, hidden),
+            "intermediate/dense": (hidden, inter), "output/dense": (inter, hidden)}
+  return {f"bert/encoder/layer/{i}/{name}/kernel": (rng.random(s) > p).astype(np.float32)
+          for i in range(layers) for name, s in shapes.items()}
+
+
+def test_mask_structure_names_every_kernel_type_and_layer(structure):
+  masks = _layer_masks(np.random.default_rng(0))
+  kinds = {structure.matrix_type(p) for p in masks}
+  assert kinds == {"query", "key", "value", "attn_out", "intermediate", "output"}
+  assert structure.matrix_type("bert/encoder/layer/1/output/dense/kernel") == "output"
+  assert structure.matrix_type("bert/encoder/layer/1/attention/output/dense/kernel") == "attn_out"
+  assert {structure.layer_index(p) for p in masks} == {0, 1}
+  with pytest.raises(ValueError, match="pooler"):
+    structure.matrix_type("bert/pooler/dense/kernel")
+  assert structure.flat_paths(structure.nest(masks)).keys() == masks.keys()
+
+
+def test_unevenness_is_one_for_random_masks_and_large_for_whole_rows(structure):
+  rng = np.random.default_rng(1)
+  random_mask = (rng.random((384, 1536)) > 0.2).astype(np.float32)
+  assert 0.85 < structure.unevenness(random_mask, 1) < 1.15
+  assert 0.85 < structure.unevenness(random_mask, 0) < 1.15
+  rows = np.ones((384, 1536), np.float32)
+  rows[:77] = 0  # 20% pruned, all of it in whole rows: every column loses exactly 20%
+  assert structure.unevenness(rows, 1) > 1000
+  assert structure.unevenness(rows, 0) == pytest.approx(0.0)
+  assert np.isnan(structure.unevenness(np.ones((4, 4)), 1))
+
+
+def test_hidden_dim_share_and_restore_follow_reads_and_writes(structure):
+  hidden = 6
+  masks = _layer_masks(np.random.default_rng(2), hidden=hidden)
+  share = structure.hidden_dim_pruned_share(masks, hidden)
+  for d in range(hidden):  # brute force: rows of the four readers, columns of the two writers
+    pruned = total = 0
+    for path, m in masks.items():
+      line = m[:, d] if path.endswith(("output/dense/kernel",)) else m[d, :]
+      pruned += (1 - line).sum()
+      total += line.size
+    assert share[d] == pytest.approx(pruned / total)
+  restored = structure.restore_dims(masks, np.array([1, 4]))
+  after = structure.hidden_dim_pruned_share(restored, hidden)
+  assert after[1] == 0 and after[4] == 0
+  assert np.all(after <= share + 1e-12)
+  for path, m in masks.items():  # nothing outside the two dims' rows/columns changes
+    keep = np.ones_like(m, bool)
+    if structure.matrix_type(path) in structure.WRITES:
+      keep[:, [1, 4]] = False
+    else:
+      keep[[1, 4], :] = False
+    np.testing.assert_array_equal(restored[path][keep], m[keep])

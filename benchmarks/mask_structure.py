@@ -1,0 +1,241 @@
+"""Where a run's mask removes weights at a checkpoint, and which part of it breaks the model.
+
+Restores a score-based `train.py` run at each given checkpoint step, computes the mask its forward
+used there (the schedule's level at that step) and reports:
+
+* per matrix type (query, key, value, attention output, intermediate, output; layers pooled):
+  the pruned share, and how unevenly it falls on rows (input dimensions) and columns (output
+  dimensions): the variance of the per-row (per-column) pruned share over that of a uniformly
+  random mask of the same density (1 = as random; large = whole rows or columns go together);
+* per residual-stream dimension (hidden unit): the pruned share of the weights that read it
+  (rows of query, key, value and intermediate) or write it (columns of the two output denses),
+  next to its activation scale (mean |LayerNorm output| over the eval set's first batch), to see
+  whether the mask falls on the few high-activation "outlier" dimensions BERTs have;
+* the eval metric (no retraining) with no mask, the whole mask, the mask on one matrix type only,
+  in one layer only, and the whole mask with the weights of K hidden dimensions restored: the K
+  most pruned, the K with the largest activations, and K random ones (the control).
+
+Used to look for why hard movement pruning collapses on SST-2 at 10% when it survives on TREC
+(docs/results.md): train with checkpoints every 25 steps (a probe run, stopped early) and compare.
+
+  python train.py ... --workdir runs/probe/sst2 --config.train.checkpoint_every_steps=25 \\
+      --config.train.keep_checkpoints=30
+  python benchmarks/mask_structure.py runs/probe/sst2 --steps 100,125,150,200 --out /tmp/s.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import re
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from mask_quality import make_evaluator  # noqa: E402
+
+from mvp_jax import pruning, run_io, trainer  # noqa: E402
+from mvp_jax.data import batching  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "mask_structure.json"
+# Matrix type from a kernel's path; "reads" index the residual stream on rows, "writes" on columns.
+TYPES = (("query", r"attention/self/query/"), ("key", r"attention/self/key/"),
+         ("value", r"attention/self/value/"), ("attn_out", r"attention/output/dense/"),
+         ("intermediate", r"intermediate/dense/"), ("output", r"layer/\d+/output/dense/"))
+READS = ("query", "key", "value", "intermediate")
+WRITES = ("attn_out", "output")
+
+
+def matrix_type(path: str) -> str:
+  """'query' ... 'output' for an encoder kernel's '/'-joined path; ValueError otherwise."""
+  for name, pattern in TYPES:
+    if re.search(pattern, path):
+      return name
+  raise ValueError(f"{path} is not one of BERT's six encoder kernels")
+
+
+def layer_index(path: str) -> int:
+  """The encoder layer a kernel's path names ('.../layer/3/...' -> 3)."""
+  m = re.search(r"layer/(\d+)/", path)
+  if m is None:
+    raise ValueError(f"{path} names no encoder layer")
+  return int(m.group(1))
+
+
+def flat_paths(tree) -> dict[str, np.ndarray]:
+  """{'a/b/kernel': leaf} for a nested dict of arrays (host numpy)."""
+  out = {}
+  for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    out["/".join(str(getattr(k, "key", k)) for k in keys)] = np.asarray(leaf)
+  return out
+
+
+def unevenness(mask: np.ndarray, axis: int) -> float:
+  """Variance of the pruned share along `axis`'s slices over that of a random mask of equal density.
+
+  mask: [in, out] 0/1. axis=1 gives one share per row (input dimension), axis=0 per column. A
+  uniformly random mask has variance p(1-p)/n for slices of n entries (binomial), so the ratio
+  is ~1 for it and grows as pruning concentrates on some rows (columns). nan if p is 0 or 1.
+  """
+  pruned = 1.0 - mask.astype(np.float64)
+  p = pruned.mean()
+  if p <= 0.0 or p >= 1.0:
+    return float("nan")
+  shares = pruned.mean(axis=axis)
+  return float(shares.var() / (p * (1 - p) / mask.shape[axis]))
+
+
+def hidden_dim_pruned_share(masks: dict[str, np.ndarray], hidden: int) -> np.ndarray:
+  """[hidden] pruned share of every weight that reads (rows of READS) or writes (columns of
+  WRITES) each residual-stream dimension, pooled over layers."""
+  pruned = np.zeros(hidden)
+  total = np.zeros(hidden)
+  for path, m in masks.items():
+    kind = matrix_type(path)
+    if kind in READS:
+      pruned += (1 - m).sum(axis=1)
+      total += m.shape[1]
+    elif kind in WRITES:
+      pruned += (1 - m).sum(axis=0)
+      total += m.shape[0]
+  return pruned / np.maximum(total, 1)
+
+
+def restore_dims(masks: dict[str, np.ndarray], dims: np.ndarray) -> dict[str, np.ndarray]:
+  """The masks with every weight that reads or writes a hidden dimension in `dims` kept (1)."""
+  out = {}
+  for path, m in masks.items():
+    m = m.copy()
+    kind = matrix_type(path)
+    if kind in READS:
+      m[dims, :] = 1
+    elif kind in WRITES:
+      m[:, dims] = 1
+    out[path] = m
+  return out
+
+
+def nest(flat: dict[str, np.ndarray]) -> dict:
+  """Inverse of `flat_paths`."""
+  out: dict = {}
+  for path, leaf in flat.items():
+    node = out
+    *parents, last = path.split("/")
+    for k in parents:
+      node = node.setdefault(k, {})
+    node[last] = leaf
+  return out
+
+
+def activation_scale(run: run_io.Run, features, hidden: int) -> np.ndarray:
+  """[hidden] mean |LayerNorm output| per dimension over the real tokens of the first eval batch,
+  the largest over the model's LayerNorms (embedding's and each layer's two), unmasked params."""
+  batch = next(iter(batching.eval_batches(features, 64)))
+  _, state = run.model.apply(
+      {"params": run.params}, batch["input_ids"], batch["attention_mask"],
+      batch["token_type_ids"], deterministic=True, mutable=["intermediates"],
+      capture_intermediates=lambda mdl, _: isinstance(mdl, nn.LayerNorm))
+  real = np.asarray(batch["attention_mask"], bool)
+  scale = np.zeros(hidden)
+  for leaf in jax.tree.leaves(state["intermediates"]):
+    x = np.abs(np.asarray(leaf, np.float64))
+    if x.ndim == 3 and x.shape[-1] == hidden:
+      scale = np.maximum(scale, x[real].mean(axis=0))
+  return scale
+
+
+def analyse_step(run: run_io.Run, evaluate, features, k: int, seeds: int) -> dict:
+  """The statistics and ablations above for one restored checkpoint."""
+  level_fn, _ = trainer.level_schedules(run.config, int(run.config.train.max_steps))
+  level = float(level_fn(run.step))
+  masks = flat_paths(pruning.compute_masks(run.params, run.scores, level, run.spec))
+  hidden = int(run.model.config.hidden_size)
+  by_type = {}
+  for name, _ in TYPES:
+    ms = [m for p, m in masks.items() if matrix_type(p) == name]
+    by_type[name] = {"pruned": float(np.mean([1 - m.mean() for m in ms])),
+                     "row_unevenness": float(np.nanmean([unevenness(m, 1) for m in ms])),
+                     "col_unevenness": float(np.nanmean([unevenness(m, 0) for m in ms]))}
+  share = hidden_dim_pruned_share(masks, hidden)
+  scale = activation_scale(run, features, hidden)
+  most_pruned = np.argsort(-share)[:k]
+  loudest = np.argsort(-scale)[:k]
+  params = run.params
+
+  def masked(flat):
+    return pruning.multiply_masks(params, nest(flat))
+
+  ones = {p: np.ones_like(m) for p, m in masks.items()}
+  acc = {"unmasked": evaluate(params), "masked": evaluate(masked(masks))}
+  for name, _ in TYPES:
+    acc[f"only_{name}"] = evaluate(masked({p: (m if matrix_type(p) == name else ones[p])
+                                          for p, m in masks.items()}))
+  for layer in sorted({layer_index(p) for p in masks}):
+    acc[f"only_layer{layer}"] = evaluate(masked({p: (m if layer_index(p) == layer else ones[p])
+                                                for p, m in masks.items()}))
+  acc[f"restore_{k}_most_pruned_dims"] = evaluate(masked(restore_dims(masks, most_pruned)))
+  acc[f"restore_{k}_loudest_dims"] = evaluate(masked(restore_dims(masks, loudest)))
+  rng = np.random.default_rng(0)
+  acc[f"restore_{k}_random_dims"] = [
+      evaluate(masked(restore_dims(masks, rng.choice(hidden, k, replace=False))))
+      for _ in range(seeds)]
+  order = np.argsort(-scale)
+  return {
+    "step": run.step, "level": level, "by_type": by_type, "accuracy": acc,
+    "hidden_pruned_share": {"mean": float(share.mean()), "max": float(share.max()),
+                            "min": float(share.min()),
+                            "most_pruned": [[int(d), float(share[d]), float(scale[d])]
+                                            for d in most_pruned]},
+    "loudest_dims": [[int(d), float(scale[d]), float(share[d])] for d in order[:k]],
+    "scale_median": float(np.median(scale)),
+    "corr_share_vs_log_scale": float(np.corrcoef(share, np.log(scale + 1e-12))[0, 1]),
+  }
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  ap.add_argument("workdir", type=pathlib.Path)
+  ap.add_argument("--steps", required=True, help="comma-separated checkpoint steps")
+  ap.add_argument("--dims", type=int, default=8, help="K: hidden dimensions restored at once")
+  ap.add_argument("--random-draws", type=int, default=3, help="draws of K random dimensions")
+  ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
+  args = ap.parse_args(argv)
+  steps = [int(s) for s in args.steps.split(",")]
+
+  first = run_io.load_run(args.workdir, steps[0])
+  if first.spec is None or first.spec.method != "topk":
+    raise SystemExit(f"{args.workdir} is not a top-k (hard movement) run.")
+  evaluate, metric, task = make_evaluator(first)
+  rows = []
+  for step in steps:
+    run = first if step == steps[0] else run_io.load_run(args.workdir, step)
+    row = analyse_step(run, evaluate, task.eval_features, args.dims, args.random_draws)
+    print(json.dumps({"step": step, "level": round(row["level"], 4),
+                      **{k: (round(v, 4) if isinstance(v, float) else [round(x, 4) for x in v])
+                         for k, v in row["accuracy"].items()}}), flush=True)
+    print(json.dumps({"step": step, "by_type": {k: {kk: round(vv, 2) for kk, vv in v.items()}
+                                                for k, v in row["by_type"].items()},
+                      "hidden_pruned_share": row["hidden_pruned_share"],
+                      "loudest_dims": row["loudest_dims"],
+                      "corr": round(row["corr_share_vs_log_scale"], 3)}), flush=True)
+    rows.append(row)
+  out = {
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "workdir": str(args.workdir), "metric": metric,
+    "eval_examples": int(len(task.eval_features["input_ids"])),
+    "data": dict(first.config.data), "seed": int(first.config.seed), "rows": rows,
+  }
+  args.out.parent.mkdir(parents=True, exist_ok=True)
+  args.out.write_text(json.dumps(out, indent=1) + "\n")
+  print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
