@@ -13,7 +13,14 @@ used there (the schedule's level at that step) and reports:
   whether the mask falls on the few high-activation "outlier" dimensions BERTs have;
 * the eval metric (no retraining) with no mask, the whole mask, the mask on one matrix type only,
   in one layer only, and the whole mask with the weights of K hidden dimensions restored: the K
-  most pruned, the K with the largest activations, and K random ones (the control).
+  most pruned, the K with the largest activations, and K random ones (the control);
+* for a two-class task, the margin logit[1] - logit[0] on the eval set with no mask, the mask,
+  and a random mask of the same level: its mean and spread, and its ROC AUC (does the mask
+  destroy the ranking of the examples, or shift and squeeze the margins of a model that still
+  ranks them?).
+
+`--level` replaces the schedule's level, e.g. to ask what the first pruning steps would remove
+from the last dense checkpoint.
 
 Used to look for why hard movement pruning collapses on SST-2 at 10% when it survives on TREC
 (docs/results.md): train with checkpoints every 25 steps (a probe run, stopped early) and compare.
@@ -150,10 +157,43 @@ def activation_scale(run: run_io.Run, features, hidden: int) -> np.ndarray:
   return scale
 
 
-def analyse_step(run: run_io.Run, evaluate, features, k: int, seeds: int) -> dict:
-  """The statistics and ablations above for one restored checkpoint."""
-  level_fn, _ = trainer.level_schedules(run.config, int(run.config.train.max_steps))
-  level = float(level_fn(run.step))
+def roc_auc(margin: np.ndarray, labels: np.ndarray) -> float:
+  """Area under the ROC curve of `margin` [N] for binary `labels` [N] (ties count one half)."""
+  pos, neg = margin[labels == 1], margin[labels != 1]
+  if len(pos) == 0 or len(neg) == 0:
+    return float("nan")
+  greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+  return float(greater / (len(pos) * len(neg)))
+
+
+def margin_stats(margin: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  """Mean, standard deviation and ROC AUC of a binary classifier's margins [N]."""
+  return {"mean": float(margin.mean()), "std": float(margin.std()),
+          "auc": roc_auc(margin, labels)}
+
+
+def make_margins(run: run_io.Run, features, batch_size: int):
+  """margins(params) -> [N] logit[1] - logit[0] over every eval example, params already masked."""
+  fwd = jax.jit(lambda p, b: trainer.eval_step(p, b, model=run.model))
+
+  def margins(params) -> np.ndarray:
+    outs, weights = [], []
+    for batch in batching.eval_batches(features, batch_size):
+      outs.append(np.asarray(fwd(params, batch)))
+      weights.append(np.asarray(batch["weights"]))
+    logits = batching.collect_eval(outs, weights)
+    return logits[:, 1] - logits[:, 0]
+
+  return margins
+
+
+def analyse_step(run: run_io.Run, evaluate, features, k: int, seeds: int,
+                 level: float | None = None) -> dict:
+  """The statistics and ablations above for one restored checkpoint; `level` (None: the
+  schedule's at the checkpoint's step) is the keep fraction of the mask."""
+  if level is None:
+    level_fn, _ = trainer.level_schedules(run.config, int(run.config.train.max_steps))
+    level = float(level_fn(run.step))
   masks = flat_paths(pruning.compute_masks(run.params, run.scores, level, run.spec))
   hidden = int(run.model.config.hidden_size)
   by_type = {}
@@ -185,9 +225,18 @@ def analyse_step(run: run_io.Run, evaluate, features, k: int, seeds: int) -> dic
   acc[f"restore_{k}_random_dims"] = [
       evaluate(masked(restore_dims(masks, rng.choice(hidden, k, replace=False))))
       for _ in range(seeds)]
+  margins = None
+  if run.head == "classification" and len(run.label_names) == 2:
+    labels = np.asarray(features["labels"])
+    margin = make_margins(run, features, int(run.config.train.eval_batch_size))
+    uniform = jax.tree.map(lambda s: rng.random(s.shape).astype(np.float32), run.scores)
+    margins = {"unmasked": margin_stats(margin(params), labels),
+               "masked": margin_stats(margin(masked(masks)), labels),
+               "random_mask": margin_stats(margin(pruning.apply_masks(params, uniform, level,
+                                                                      run.spec)), labels)}
   order = np.argsort(-scale)
   return {
-    "step": run.step, "level": level, "by_type": by_type, "accuracy": acc,
+    "step": run.step, "level": level, "by_type": by_type, "accuracy": acc, "margins": margins,
     "hidden_pruned_share": {"mean": float(share.mean()), "max": float(share.max()),
                             "min": float(share.min()),
                             "most_pruned": [[int(d), float(share[d]), float(scale[d])]
@@ -204,6 +253,8 @@ def main(argv=None) -> int:
   ap.add_argument("--steps", required=True, help="comma-separated checkpoint steps")
   ap.add_argument("--dims", type=int, default=8, help="K: hidden dimensions restored at once")
   ap.add_argument("--random-draws", type=int, default=3, help="draws of K random dimensions")
+  ap.add_argument("--level", type=float, default=None,
+                  help="keep fraction of the masks (default: the schedule's at each step)")
   ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
   args = ap.parse_args(argv)
   steps = [int(s) for s in args.steps.split(",")]
@@ -215,7 +266,8 @@ def main(argv=None) -> int:
   rows = []
   for step in steps:
     run = first if step == steps[0] else run_io.load_run(args.workdir, step)
-    row = analyse_step(run, evaluate, task.eval_features, args.dims, args.random_draws)
+    row = analyse_step(run, evaluate, task.eval_features, args.dims, args.random_draws,
+                       args.level)
     print(json.dumps({"step": step, "level": round(row["level"], 4),
                       **{k: (round(v, 4) if isinstance(v, float) else [round(x, 4) for x in v])
                          for k, v in row["accuracy"].items()}}), flush=True)
@@ -223,7 +275,8 @@ def main(argv=None) -> int:
                                                 for k, v in row["by_type"].items()},
                       "hidden_pruned_share": row["hidden_pruned_share"],
                       "loudest_dims": row["loudest_dims"],
-                      "corr": round(row["corr_share_vs_log_scale"], 3)}), flush=True)
+                      "corr": round(row["corr_share_vs_log_scale"], 3),
+                      "margins": row["margins"]}), flush=True)
     rows.append(row)
   out = {
     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

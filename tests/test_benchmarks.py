@@ -327,3 +327,18 @@ def test_hidden_dim_share_and_restore_follow_reads_and_writes(structure):
     else:
       keep[[1, 4], :] = False
     np.testing.assert_array_equal(restored[path][keep], m[keep])
+
+
+def test_roc_auc_matches_the_rank_formula(structure):
+  rng = np.random.default_rng(4)
+  labels = rng.integers(0, 2, 200)
+  margin = rng.standard_normal(200) + labels  # no ties
+  ranks = np.empty(200)
+  ranks[np.argsort(margin)] = np.arange(1, 201)
+  n_pos = labels.sum()
+  mann_whitney = (ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (200 - n_pos))
+  assert structure.roc_auc(margin, labels) == pytest.approx(mann_whitney)
+  assert structure.roc_auc(labels.astype(float), labels) == 1.0
+  assert structure.roc_auc(-labels.astype(float), labels) == 0.0
+  assert structure.roc_auc(np.zeros(200), labels) == 0.5  # a constant classifier ranks nothing
+  assert np.isnan(structure.roc_auc(margin, np.ones(200)))
