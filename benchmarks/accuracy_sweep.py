@@ -167,8 +167,10 @@ def load_records() -> list[dict]:
 
 
 def interpolate(points: list[tuple[float, float]], target: float) -> tuple[float, str] | None:
-  """Linear interpolation of metric at `target` remaining from (remaining, metric) points;
-  ('', 'extrapolated') flag when target lies outside them; None with fewer than 2 points."""
+  """Linear interpolation of metric (%) at `target` remaining from (remaining, metric) points;
+  ('', 'extrapolated') flag when target lies outside them. None with fewer than 2 points, and
+  when extrapolating would reach further beyond the runs than the two nearest are apart, or
+  leave [0, 100]: two runs at 1.45% and 2.01% say nothing about 10%."""
   pts = sorted(points)
   if len(pts) < 2:
     return None
@@ -176,9 +178,10 @@ def interpolate(points: list[tuple[float, float]], target: float) -> tuple[float
     if x0 <= target <= x1 and x1 > x0:
       return y0 + (y1 - y0) * (target - x0) / (x1 - x0), ""
   (x0, y0), (x1, y1) = (pts[0], pts[1]) if target < pts[0][0] else (pts[-2], pts[-1])
-  if x1 == x0:
+  if x1 == x0 or min(abs(target - x0), abs(target - x1)) > x1 - x0:
     return None
-  return y0 + (y1 - y0) * (target - x0) / (x1 - x0), " (extrapolated)"
+  value = y0 + (y1 - y0) * (target - x0) / (x1 - x0)
+  return (value, " (extrapolated)") if 0.0 <= value <= 100.0 else None
 
 
 def cell(records: list[dict], method: str, distil: bool, target: float) -> str:

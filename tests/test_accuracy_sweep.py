@@ -64,9 +64,15 @@ def test_interpolation_matches_numpy_inside_and_flags_extrapolation(sweep):
     value, flag = sweep.interpolate(points, target)
     assert flag == ""
     np.testing.assert_allclose(value, np.interp(target, xs, ys), rtol=1e-12)
-  value, flag = sweep.interpolate([(1.0, 50.0), (2.0, 60.0), (4.0, 70.0)], 10.0)
+  value, flag = sweep.interpolate([(1.0, 50.0), (2.0, 60.0), (4.0, 70.0)], 5.0)
   assert flag == " (extrapolated)"
-  np.testing.assert_allclose(value, 70.0 + 5.0 * 6.0)
+  np.testing.assert_allclose(value, 70.0 + 5.0 * 1.0)
+  value, flag = sweep.interpolate([(1.0, 50.0), (2.0, 60.0), (4.0, 70.0)], 0.2)
+  np.testing.assert_allclose(value, 50.0 - 10.0 * 0.8)
+  # Two runs close together say nothing far away (an SST-2 L0 seed: 1.45% dead, 2.01% alive).
+  assert sweep.interpolate([(1.45, 50.9), (2.01, 80.7)], 10.0) is None
+  assert sweep.interpolate([(1.45, 50.9), (2.01, 80.7)], 3.0) is None
+  assert sweep.interpolate([(1.0, 60.0), (3.0, 95.0)], 4.0) is None  # would pass 100%
   assert sweep.interpolate([(3.0, 50.0)], 3.0) is None
 
 
