@@ -42,6 +42,7 @@ import sys
 import flax.linen as nn
 import jax
 import numpy as np
+from flax import traverse_util
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -77,10 +78,7 @@ def layer_index(path: str) -> int:
 
 def flat_paths(tree) -> dict[str, np.ndarray]:
   """{'a/b/kernel': leaf} for a nested dict of arrays (host numpy)."""
-  out = {}
-  for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    out["/".join(str(getattr(k, "key", k)) for k in keys)] = np.asarray(leaf)
-  return out
+  return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
 
 
 def unevenness(mask: np.ndarray, axis: int) -> float:
@@ -130,14 +128,7 @@ def restore_dims(masks: dict[str, np.ndarray], dims: np.ndarray) -> dict[str, np
 
 def nest(flat: dict[str, np.ndarray]) -> dict:
   """Inverse of `flat_paths`."""
-  out: dict = {}
-  for path, leaf in flat.items():
-    node = out
-    *parents, last = path.split("/")
-    for k in parents:
-      node = node.setdefault(k, {})
-    node[last] = leaf
-  return out
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def activation_scale(run: run_io.Run, features, hidden: int) -> np.ndarray:
