@@ -184,32 +184,43 @@ def interpolate(points: list[tuple[float, float]], target: float) -> tuple[float
   return (value, " (extrapolated)") if 0.0 <= value <= 100.0 else None
 
 
-def cell(records: list[dict], method: str, distil: bool, target: float) -> str:
+def seed_values(records: list[dict], method: str, distil: bool,
+                target: float) -> dict[int, tuple[float, str]]:
+  """{seed: (metric %, flag)} of one cell, variants (tagged runs) left out. magnitude / topk:
+  each seed's run at `target`; soft / l0: each seed interpolated between its own lambda runs
+  (flag ' (extrapolated)' or ''), a seed that cannot be (one lambda, or too far) left out."""
   rs = [r for r in records if r["method"] == method and r["distil"] == distil
         and not r.get("tag")]
-  if not rs:
-    return "-"
   if method in ("magnitude", "topk"):
-    vals = [r["value"] for r in rs if abs(r["param"] - target) < 1e-9]
-    if not vals:
-      return "-"
-    mean = sum(vals) / len(vals)
-    spread = f" ± {(max(vals) - min(vals)) / 2 * 100:.1f}" if len(vals) > 1 else ""
-    return f"{100 * mean:.1f}{spread} (n={len(vals)})"
-  # Interpolate each seed between its own runs, then average over the seeds that have two;
-  # a seed with a single lambda run cannot be interpolated and is left out of the cell.
+    return {r["seed"]: (100 * r["value"], "") for r in rs if abs(r["param"] - target) < 1e-9}
   by_seed: dict[int, list[dict]] = {}
   for r in rs:
     by_seed.setdefault(r["seed"], []).append(r)
-  got = [interpolate([(100 * r["remaining_paper"], 100 * r["value"]) for r in v], 100 * target)
-         for v in by_seed.values()]
-  got = [g for g in got if g is not None]
+  got = {seed: interpolate([(100 * r["remaining_paper"], 100 * r["value"]) for r in v],
+                           100 * target)
+         for seed, v in sorted(by_seed.items())}
+  return {seed: g for seed, g in got.items() if g is not None}
+
+
+def cell(records: list[dict], method: str, distil: bool, target: float) -> str:
+  """One table cell: the mean over seeds of `seed_values`, ± half their range, n seeds."""
+  got = seed_values(records, method, distil, target)
   if not got:
     return "-"
-  vals = [v for v, _ in got]
+  vals = [v for v, _ in got.values()]
   spread = f" ± {(max(vals) - min(vals)) / 2:.1f}" if len(vals) > 1 else ""
-  flag = " (extrapolated)" if any(f for _, f in got) else ""
+  flag = " (extrapolated)" if any(f for _, f in got.values()) else ""
   return f"{sum(vals) / len(vals):.1f}{spread} (n={len(vals)}){flag}"
+
+
+def per_seed_cell(records: list[dict], method: str, distil: bool | None, target: float) -> str:
+  """Each seed's value of a cell ('s0 90.3, s1 89.1'; an extrapolated one marked '*'), or with
+  distil=None the distillation gain per seed (distilled minus not, points), for seeds in both."""
+  if distil is None:
+    on, off = (seed_values(records, method, d, target) for d in (True, False))
+    return ", ".join(f"s{s} {on[s][0] - off[s][0]:+.1f}" for s in sorted(on.keys() & off))
+  got = seed_values(records, method, distil, target)
+  return ", ".join(f"s{s} {v:.1f}{'*' if f else ''}" for s, (v, f) in sorted(got.items()))
 
 
 def table(records: list[dict]) -> str:
@@ -231,6 +242,14 @@ def table(records: list[dict]) -> str:
         row = [cell(rs, m, distil, target) for m in ("magnitude", "l0", "topk", "soft")]
         lines.append(f"| {100 * target:.0f}% | {'yes' if distil else 'no'} | " +
                      " | ".join(row) + " |")
+    lines += ["", "Per seed (* extrapolated), and the gain from distillation per seed "
+              "(distilled minus not, points):", "",
+              "| remaining | distil | MaP | L0 | MvP | soft MvP |", "|---|---|---|---|---|---|"]
+    for target in (0.10, 0.03):
+      for distil, name in ((False, "no"), (True, "yes"), (None, "gain")):
+        row = [per_seed_cell(rs, m, distil, target) or "-"
+               for m in ("magnitude", "l0", "topk", "soft")]
+        lines.append(f"| {100 * target:.0f}% | {name} | " + " | ".join(row) + " |")
     lines += ["", "Every run (remaining by the paper's rule):", "",
               "| run | remaining % | " + metric + " |", "|---|---|---|"]
     for r in sorted(rs, key=lambda r: (r["method"], r["distil"], r["param"] or 0,

@@ -94,8 +94,10 @@ def test_table_cells_average_seeds_interpolate_lambdas_and_leave_out_variants(sw
     _record("soft", 500.0, 0.91, 0.0697, distil=True),
   ]
   text = sweep.table(records)
-  rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line
-          for line in text.splitlines() if line.startswith("| 10%") or line.startswith("| 3%")}
+  rows = {}  # the first (averaged) table only; the per-seed rows repeat its keys below it
+  for line in text.splitlines():
+    if line.startswith("| 10%") or line.startswith("| 3%"):
+      rows.setdefault(tuple(c.strip() for c in line.strip("|").split("|")[:2]), line)
   cells = {k: [c.strip() for c in v.strip("|").split("|")[2:]] for k, v in rows.items()}
   mag, l0, mvp, soft = cells[("10%", "no")]
   assert (mag, mvp) == ("-", "89.0 ± 1.0 (n=2)")
@@ -152,3 +154,34 @@ def test_run_cell_records_the_step_a_stopped_run_resumed_from(sweep, monkeypatch
   assert record["value"] == 0.5 and record["remaining_paper"] == 0.1025
   stored = sweep.json.loads((tmp_path / "results" / "trec" / "magnitude-0.1-s0.json").read_text())
   assert stored == record
+
+
+def test_per_seed_rows_and_distillation_gain_pair_runs_of_the_same_seed(sweep):
+  records = [
+    _record("magnitude", 0.1, 0.83, 0.1025), _record("magnitude", 0.1, 0.82, 0.1025, seed=1),
+    _record("magnitude", 0.1, 0.84, 0.1025, distil=True),
+    _record("magnitude", 0.1, 0.80, 0.1025, seed=1, distil=True),
+    _record("magnitude", 0.1, 0.99, 0.1025, seed=2, distil=True),  # no undistilled seed 2
+    _record("l0", 25.0, 0.92, 0.35), _record("l0", 100.0, 0.90, 0.08),
+    _record("l0", 100.0, 0.91, 0.15, distil=True), _record("l0", 250.0, 0.89, 0.04, distil=True),
+  ]
+  rows = {}
+  for line in sweep.table(records).splitlines():
+    parts = [c.strip() for c in line.strip("|").split("|")]
+    if parts[0] in ("10%", "3%"):
+      rows.setdefault((parts[0], parts[1]), []).append(parts[2:])
+  assert rows[("10%", "no")][1][0] == "s0 83.0, s1 82.0"
+  assert rows[("10%", "yes")][1][0] == "s0 84.0, s1 80.0, s2 99.0"
+  assert rows[("10%", "gain")][0][0] == "s0 +1.0, s1 -2.0"  # seed 2 has nothing to pair with
+  l0_on = np.interp(10.0, [4.0, 15.0], [89.0, 91.0])
+  l0_off = np.interp(10.0, [8.0, 35.0], [90.0, 92.0])
+  assert rows[("10%", "gain")][0][1] == f"s0 {l0_on - l0_off:+.1f}"
+  l0_on_3 = 89.0 + (91.0 - 89.0) * (3.0 - 4.0) / (15.0 - 4.0)  # extrapolated below 4%
+  assert rows[("3%", "yes")][1][1] == f"s0 {l0_on_3:.1f}*"
+  l0_off_3 = 90.0 + (92.0 - 90.0) * (3.0 - 8.0) / (35.0 - 8.0)
+  assert rows[("3%", "no")][1][1] == f"s0 {l0_off_3:.1f}*"
+  assert rows[("3%", "gain")][0][1:] == [f"s0 {l0_on_3 - l0_off_3:+.1f}", "-", "-"]
+  # One run's lambda alone cannot be interpolated: the seed drops out of the per-seed row too.
+  rows_one = [line for line in sweep.table(records[:5] + records[6:7]).splitlines()
+              if line.startswith("| 10% | no |")]
+  assert rows_one[1].split("|")[4].strip() == "-"
