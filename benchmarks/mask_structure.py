@@ -17,7 +17,11 @@ used there (the schedule's level at that step) and reports:
 * for a two-class task, the margin logit[1] - logit[0] on the eval set with no mask, the mask,
   and a random mask of the same level: its mean and spread, and its ROC AUC (does the mask
   destroy the ranking of the examples, or shift and squeeze the margins of a model that still
-  ranks them?).
+  ranks them?);
+* per LayerNorm output (embeddings', then each layer's two), how much the first ([CLS]) token,
+  the one the classifier reads, still depends on the input: the std over eval sentences of its
+  vector, averaged over dimensions, divided by its mean |value|, with and without the mask
+  (`--spread-only` computes just this, and the pruned shares, without the evals).
 
 `--level` replaces the schedule's level, e.g. to ask what the first pruning steps would remove
 from the last dense checkpoint.
@@ -163,6 +167,29 @@ def margin_stats(margin: np.ndarray, labels: np.ndarray) -> dict[str, float]:
           "auc": roc_auc(margin, labels)}
 
 
+def first_token_spread(x: np.ndarray) -> dict[str, float]:
+  """For hidden states x [N sentences, L, H]: the std over sentences of the first token's vector,
+  averaged over its H dimensions, over its mean |value| (0: the same vector for every input), and
+  the largest |mean over sentences| of one dimension (BERTs' outlier dimensions show there)."""
+  first = np.asarray(x, np.float64)[:, 0]
+  return {"spread": float(first.std(axis=0).mean() / np.abs(first).mean()),
+          "max_abs_mean": float(np.abs(first.mean(axis=0)).max())}
+
+
+def layer_spread(run: run_io.Run, params, features, n: int = 128) -> dict[str, dict]:
+  """`first_token_spread` of every LayerNorm output on the first `n` eval examples, by module
+  path (embeddings', then each encoder layer's attention-output and output LayerNorm)."""
+  batch = next(iter(batching.eval_batches(features, n)))
+  _, state = run.model.apply(
+      {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+      deterministic=True, mutable=["intermediates"],
+      capture_intermediates=lambda mdl, _: isinstance(mdl, nn.LayerNorm))
+  flat = traverse_util.flatten_dict(state["intermediates"], sep="/")
+  real = int(np.asarray(batch["weights"]).sum())  # padding examples of a short last batch out
+  return {path.removesuffix("/__call__"): first_token_spread(np.asarray(v[0])[:real])
+          for path, v in flat.items()}
+
+
 def make_margins(run: run_io.Run, features, batch_size: int):
   """margins(params) -> [N] logit[1] - logit[0] over every eval example, params already masked."""
   fwd = jax.jit(lambda p, b: trainer.eval_step(p, b, model=run.model))
@@ -228,6 +255,8 @@ def analyse_step(run: run_io.Run, evaluate, features, k: int, seeds: int,
   order = np.argsort(-scale)
   return {
     "step": run.step, "level": level, "by_type": by_type, "accuracy": acc, "margins": margins,
+    "first_token_spread": {"unmasked": layer_spread(run, params, features),
+                           "masked": layer_spread(run, masked(masks), features)},
     "hidden_pruned_share": {"mean": float(share.mean()), "max": float(share.max()),
                             "min": float(share.min()),
                             "most_pruned": [[int(d), float(share[d]), float(scale[d])]
@@ -238,6 +267,22 @@ def analyse_step(run: run_io.Run, evaluate, features, k: int, seeds: int,
   }
 
 
+def spread_step(run: run_io.Run, features, level: float | None = None) -> dict:
+  """`analyse_step`'s pruned share per matrix type and [CLS] spread only (no evaluations)."""
+  if level is None:
+    level_fn, _ = trainer.level_schedules(run.config, int(run.config.train.max_steps))
+    level = float(level_fn(run.step))
+  masks = pruning.compute_masks(run.params, run.scores, level, run.spec)
+  flat = flat_paths(masks)
+  return {"step": run.step, "level": level,
+          "pruned_by_type": {name: float(np.mean([1 - m.mean() for p, m in flat.items()
+                                                  if matrix_type(p) == name]))
+                             for name, _ in TYPES},
+          "first_token_spread": {
+            "unmasked": layer_spread(run, run.params, features),
+            "masked": layer_spread(run, pruning.multiply_masks(run.params, masks), features)}}
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("workdir", type=pathlib.Path)
@@ -246,6 +291,8 @@ def main(argv=None) -> int:
   ap.add_argument("--random-draws", type=int, default=3, help="draws of K random dimensions")
   ap.add_argument("--level", type=float, default=None,
                   help="keep fraction of the masks (default: the schedule's at each step)")
+  ap.add_argument("--spread-only", action="store_true",
+                  help="only the pruned shares and the [CLS] spread per LayerNorm (no evals)")
   ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
   args = ap.parse_args(argv)
   steps = [int(s) for s in args.steps.split(",")]
@@ -257,6 +304,12 @@ def main(argv=None) -> int:
   rows = []
   for step in steps:
     run = first if step == steps[0] else run_io.load_run(args.workdir, step)
+    if args.spread_only:
+      rows.append(spread_step(run, task.eval_features, args.level))
+      print(json.dumps({"step": step, "level": round(rows[-1]["level"], 4), **{
+          k: {p.split("encoder/")[-1]: round(v["spread"], 4) for p, v in d.items()}
+          for k, d in rows[-1]["first_token_spread"].items()}}), flush=True)
+      continue
     row = analyse_step(run, evaluate, task.eval_features, args.dims, args.random_draws,
                        args.level)
     print(json.dumps({"step": step, "level": round(row["level"], 4),

@@ -342,3 +342,20 @@ def test_roc_auc_matches_the_rank_formula(structure):
   assert structure.roc_auc(-labels.astype(float), labels) == 0.0
   assert structure.roc_auc(np.zeros(200), labels) == 0.5  # a constant classifier ranks nothing
   assert np.isnan(structure.roc_auc(margin, np.ones(200)))
+
+
+def test_first_token_spread_is_zero_for_identical_inputs_and_the_std_ratio_otherwise(structure):
+  rng = np.random.default_rng(5)
+  x = rng.standard_normal((64, 7, 12))
+  same = np.repeat(x[:1], 64, axis=0)
+  same[:, 1:] = x[:, 1:]  # other tokens vary: only the first token counts
+  assert structure.first_token_spread(same)["spread"] == pytest.approx(0.0, abs=1e-12)
+  got = structure.first_token_spread(x)
+  first = x[:, 0]
+  assert got["spread"] == pytest.approx(first.std(0).mean() / np.abs(first).mean())
+  assert 0.8 < got["spread"] < 1.6  # unit Gaussians: std 1 over mean |x| sqrt(2/pi) ~ 1.25
+  shifted = x.copy()
+  shifted[:, 0, 3] += 30.0  # an outlier dimension: shows in max_abs_mean, shrinks the ratio
+  out = structure.first_token_spread(shifted)
+  assert out["max_abs_mean"] == pytest.approx(30.0 + first[:, 3].mean())
+  assert out["spread"] < got["spread"] / 2
