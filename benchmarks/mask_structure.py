@@ -205,13 +205,19 @@ def make_margins(run: run_io.Run, features, batch_size: int):
   return margins
 
 
+def step_level(run: run_io.Run, level: float | None) -> float:
+  """`level` if given, else the keep fraction the run's schedule had at the checkpoint's step."""
+  if level is None:
+    level_fn, _ = trainer.level_schedules(run.config, int(run.config.train.max_steps))
+    level = float(level_fn(run.step))
+  return level
+
+
 def analyse_step(run: run_io.Run, evaluate, features, k: int, seeds: int,
                  level: float | None = None) -> dict:
   """The statistics and ablations above for one restored checkpoint; `level` (None: the
   schedule's at the checkpoint's step) is the keep fraction of the mask."""
-  if level is None:
-    level_fn, _ = trainer.level_schedules(run.config, int(run.config.train.max_steps))
-    level = float(level_fn(run.step))
+  level = step_level(run, level)
   masks = flat_paths(pruning.compute_masks(run.params, run.scores, level, run.spec))
   hidden = int(run.model.config.hidden_size)
   by_type = {}
@@ -269,9 +275,7 @@ def analyse_step(run: run_io.Run, evaluate, features, k: int, seeds: int,
 
 def spread_step(run: run_io.Run, features, level: float | None = None) -> dict:
   """`analyse_step`'s pruned share per matrix type and [CLS] spread only (no evaluations)."""
-  if level is None:
-    level_fn, _ = trainer.level_schedules(run.config, int(run.config.train.max_steps))
-    level = float(level_fn(run.step))
+  level = step_level(run, level)
   masks = pruning.compute_masks(run.params, run.scores, level, run.spec)
   flat = flat_paths(masks)
   return {"step": run.step, "level": level,
