@@ -18,10 +18,13 @@ used there (the schedule's level at that step) and reports:
   and a random mask of the same level: its mean and spread, and its ROC AUC (does the mask
   destroy the ranking of the examples, or shift and squeeze the margins of a model that still
   ranks them?);
-* per LayerNorm output (embeddings', then each layer's two), how much the first ([CLS]) token,
-  the one the classifier reads, still depends on the input: the std over eval sentences of its
-  vector, averaged over dimensions, divided by its mean |value|, with and without the mask
-  (`--spread-only` computes just this, and the pruned shares, without the evals).
+* per LayerNorm and Dense output (embeddings', then each layer's query ... output dense and two
+  LayerNorms), how much the first ([CLS]) token, the one the classifier reads, still depends on
+  the input: the std over eval sentences of its vector, averaged over dimensions, divided by its
+  mean |value|, and the norm of its mean vector (the input-independent part a module writes),
+  with and without the mask. `--spread-only` computes just this, the pruned shares, and the
+  metric with the mask lifted from the bottom 1, 2, ... layers (with the constant each layer's
+  MLP then writes into [CLS]) instead of the other evaluations.
 
 `--level` replaces the schedule's level, e.g. to ask what the first pruning steps would remove
 from the last dense checkpoint.
@@ -170,24 +173,27 @@ def margin_stats(margin: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 def first_token_spread(x: np.ndarray) -> dict[str, float]:
   """For hidden states x [N sentences, L, H]: the std over sentences of the first token's vector,
   averaged over its H dimensions, over its mean |value| (0: the same vector for every input), and
-  the largest |mean over sentences| of one dimension (BERTs' outlier dimensions show there)."""
+  the largest |mean over sentences| of one dimension (BERTs' outlier dimensions show there) and
+  the norm of the mean vector (what the module writes whatever the input)."""
   first = np.asarray(x, np.float64)[:, 0]
   return {"spread": float(first.std(axis=0).mean() / np.abs(first).mean()),
-          "max_abs_mean": float(np.abs(first.mean(axis=0)).max())}
+          "max_abs_mean": float(np.abs(first.mean(axis=0)).max()),
+          "mean_norm": float(np.linalg.norm(first.mean(axis=0)))}
 
 
 def layer_spread(run: run_io.Run, params, features, n: int = 128) -> dict[str, dict]:
-  """`first_token_spread` of every LayerNorm output on the first `n` eval examples, by module
-  path (embeddings', then each encoder layer's attention-output and output LayerNorm)."""
+  """`first_token_spread` of every LayerNorm and per-token Dense output on the first `n` eval
+  examples, by module path (embeddings' LayerNorm, then each encoder layer's query, key, value,
+  attention-output dense and LayerNorm, intermediate and output dense and LayerNorm)."""
   batch = next(iter(batching.eval_batches(features, n)))
   _, state = run.model.apply(
       {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
       deterministic=True, mutable=["intermediates"],
-      capture_intermediates=lambda mdl, _: isinstance(mdl, nn.LayerNorm))
+      capture_intermediates=lambda mdl, _: isinstance(mdl, (nn.LayerNorm, nn.Dense)))
   flat = traverse_util.flatten_dict(state["intermediates"], sep="/")
   real = int(np.asarray(batch["weights"]).sum())  # padding examples of a short last batch out
   return {path.removesuffix("/__call__"): first_token_spread(np.asarray(v[0])[:real])
-          for path, v in flat.items()}
+          for path, v in flat.items() if np.ndim(v[0]) == 3}  # pooler, classifier: [N, H]
 
 
 def make_margins(run: run_io.Run, features, batch_size: int):
@@ -273,12 +279,29 @@ def analyse_step(run: run_io.Run, evaluate, features, k: int, seeds: int,
   }
 
 
-def spread_step(run: run_io.Run, features, level: float | None = None) -> dict:
-  """`analyse_step`'s pruned share per matrix type and [CLS] spread only (no evaluations)."""
+def mlp_constants(spread: dict[str, dict]) -> list[float]:
+  """Per encoder layer, the norm of the input-independent vector its MLP output dense writes into
+  [CLS] (`first_token_spread`'s mean_norm; BERTs' "massive activations" show there)."""
+  return [v["mean_norm"] for k, v in spread.items()
+          if k.endswith("/output/dense") and "/attention/" not in k]
+
+
+def spread_step(run: run_io.Run, features, level: float | None = None, evaluate=None) -> dict:
+  """`analyse_step`'s pruned share per matrix type and [CLS] spread only; with `evaluate`, also
+  the metric with the mask and with the mask lifted from the bottom 1, 2, ... layers, each with
+  `mlp_constants` of the resulting model."""
   level = step_level(run, level)
   masks = pruning.compute_masks(run.params, run.scores, level, run.spec)
   flat = flat_paths(masks)
-  return {"step": run.step, "level": level,
+  spare = None
+  if evaluate is not None:
+    spare = []
+    for top in range(-1, max(layer_index(p) for p in flat) + 1):  # -1: the whole mask
+      params = pruning.multiply_masks(run.params, nest(
+          {p: (np.ones_like(m) if layer_index(p) <= top else m) for p, m in flat.items()}))
+      spare.append({"unmasked_layers": top + 1, "metric": evaluate(params),
+                    "mlp_constants": mlp_constants(layer_spread(run, params, features))})
+  return {"step": run.step, "level": level, "spare_bottom_layers": spare,
           "pruned_by_type": {name: float(np.mean([1 - m.mean() for p, m in flat.items()
                                                   if matrix_type(p) == name]))
                              for name, _ in TYPES},
@@ -296,7 +319,8 @@ def main(argv=None) -> int:
   ap.add_argument("--level", type=float, default=None,
                   help="keep fraction of the masks (default: the schedule's at each step)")
   ap.add_argument("--spread-only", action="store_true",
-                  help="only the pruned shares and the [CLS] spread per LayerNorm (no evals)")
+                  help="only the pruned shares, the [CLS] spread per module and the metric with "
+                       "the mask lifted from the bottom 1, 2, ... layers")
   ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
   args = ap.parse_args(argv)
   steps = [int(s) for s in args.steps.split(",")]
@@ -309,10 +333,14 @@ def main(argv=None) -> int:
   for step in steps:
     run = first if step == steps[0] else run_io.load_run(args.workdir, step)
     if args.spread_only:
-      rows.append(spread_step(run, task.eval_features, args.level))
+      rows.append(spread_step(run, task.eval_features, args.level, evaluate))
       print(json.dumps({"step": step, "level": round(rows[-1]["level"], 4), **{
-          k: {p.split("encoder/")[-1]: round(v["spread"], 4) for p, v in d.items()}
+          k: {p.split("encoder/")[-1]: round(v["spread"], 4) for p, v in d.items()
+              if p.endswith("LayerNorm")}
           for k, d in rows[-1]["first_token_spread"].items()}}), flush=True)
+      print(json.dumps({"step": step, "spare_bottom_layers": [
+          [r["unmasked_layers"], round(r["metric"], 4), [round(c) for c in r["mlp_constants"]]]
+          for r in rows[-1]["spare_bottom_layers"]]}), flush=True)
       continue
     row = analyse_step(run, evaluate, task.eval_features, args.dims, args.random_draws,
                        args.level)

@@ -359,3 +359,14 @@ def test_first_token_spread_is_zero_for_identical_inputs_and_the_std_ratio_other
   out = structure.first_token_spread(shifted)
   assert out["max_abs_mean"] == pytest.approx(30.0 + first[:, 3].mean())
   assert out["spread"] < got["spread"] / 2
+  assert got["mean_norm"] == pytest.approx(np.linalg.norm(first.mean(0)))
+  assert out["mean_norm"] > 29.0  # the constant 30 in one dimension dominates the mean vector
+
+
+def test_mlp_constants_pick_each_layers_mlp_output_dense_not_the_attention_output(structure):
+  spread = {}
+  for layer in range(3):
+    for name, norm in (("attention/output/dense", 1.0 + layer), ("output/dense", 100.0 * layer),
+                       ("output/LayerNorm", -1.0), ("intermediate/dense", -2.0)):
+      spread[f"bert/encoder/layer/{layer}/{name}"] = {"mean_norm": norm, "spread": 0.5}
+  assert structure.mlp_constants(spread) == [0.0, 100.0, 200.0]
