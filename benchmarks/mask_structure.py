@@ -138,18 +138,27 @@ def nest(flat: dict[str, np.ndarray]) -> dict:
   return traverse_util.unflatten_dict(flat, sep="/")
 
 
+def module_outputs(run: run_io.Run, params, features, n: int,
+                   kinds: tuple[type, ...]) -> tuple[dict, dict[str, np.ndarray]]:
+  """(batch, {module path: output}) of one forward of `params` on the first `n` eval examples,
+  the outputs of every module of one of `kinds` (flax capture_intermediates)."""
+  batch = next(iter(batching.eval_batches(features, n)))
+  _, state = run.model.apply(
+      {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+      deterministic=True, mutable=["intermediates"],
+      capture_intermediates=lambda mdl, _: isinstance(mdl, kinds))
+  flat = traverse_util.flatten_dict(state["intermediates"], sep="/")
+  return batch, {path.removesuffix("/__call__"): np.asarray(v[0]) for path, v in flat.items()}
+
+
 def activation_scale(run: run_io.Run, features, hidden: int) -> np.ndarray:
   """[hidden] mean |LayerNorm output| per dimension over the real tokens of the first eval batch,
   the largest over the model's LayerNorms (embedding's and each layer's two), unmasked params."""
-  batch = next(iter(batching.eval_batches(features, 64)))
-  _, state = run.model.apply(
-      {"params": run.params}, batch["input_ids"], batch["attention_mask"],
-      batch["token_type_ids"], deterministic=True, mutable=["intermediates"],
-      capture_intermediates=lambda mdl, _: isinstance(mdl, nn.LayerNorm))
+  batch, outs = module_outputs(run, run.params, features, 64, (nn.LayerNorm,))
   real = np.asarray(batch["attention_mask"], bool)
   scale = np.zeros(hidden)
-  for leaf in jax.tree.leaves(state["intermediates"]):
-    x = np.abs(np.asarray(leaf, np.float64))
+  for out in outs.values():
+    x = np.abs(out.astype(np.float64))
     if x.ndim == 3 and x.shape[-1] == hidden:
       scale = np.maximum(scale, x[real].mean(axis=0))
   return scale
@@ -185,15 +194,10 @@ def layer_spread(run: run_io.Run, params, features, n: int = 128) -> dict[str, d
   """`first_token_spread` of every LayerNorm and per-token Dense output on the first `n` eval
   examples, by module path (embeddings' LayerNorm, then each encoder layer's query, key, value,
   attention-output dense and LayerNorm, intermediate and output dense and LayerNorm)."""
-  batch = next(iter(batching.eval_batches(features, n)))
-  _, state = run.model.apply(
-      {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-      deterministic=True, mutable=["intermediates"],
-      capture_intermediates=lambda mdl, _: isinstance(mdl, (nn.LayerNorm, nn.Dense)))
-  flat = traverse_util.flatten_dict(state["intermediates"], sep="/")
+  batch, outs = module_outputs(run, params, features, n, (nn.LayerNorm, nn.Dense))
   real = int(np.asarray(batch["weights"]).sum())  # padding examples of a short last batch out
-  return {path.removesuffix("/__call__"): first_token_spread(np.asarray(v[0])[:real])
-          for path, v in flat.items() if np.ndim(v[0]) == 3}  # pooler, classifier: [N, H]
+  return {path: first_token_spread(x[:real])
+          for path, x in outs.items() if x.ndim == 3}  # pooler, classifier: [N, H]
 
 
 def make_margins(run: run_io.Run, features, batch_size: int):
@@ -219,6 +223,11 @@ def step_level(run: run_io.Run, level: float | None) -> float:
   return level
 
 
+def masks_by_type(masks: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
+  """{matrix type: [its masks, one per layer]} of flat kernel masks."""
+  return {name: [m for p, m in masks.items() if matrix_type(p) == name] for name, _ in TYPES}
+
+
 def analyse_step(run: run_io.Run, evaluate, features, k: int, seeds: int,
                  level: float | None = None) -> dict:
   """The statistics and ablations above for one restored checkpoint; `level` (None: the
@@ -227,8 +236,7 @@ def analyse_step(run: run_io.Run, evaluate, features, k: int, seeds: int,
   masks = flat_paths(pruning.compute_masks(run.params, run.scores, level, run.spec))
   hidden = int(run.model.config.hidden_size)
   by_type = {}
-  for name, _ in TYPES:
-    ms = [m for p, m in masks.items() if matrix_type(p) == name]
+  for name, ms in masks_by_type(masks).items():
     by_type[name] = {"pruned": float(np.mean([1 - m.mean() for m in ms])),
                      "row_unevenness": float(np.nanmean([unevenness(m, 1) for m in ms])),
                      "col_unevenness": float(np.nanmean([unevenness(m, 0) for m in ms]))}
@@ -286,28 +294,23 @@ def mlp_constants(spread: dict[str, dict]) -> list[float]:
           if k.endswith("/output/dense") and "/attention/" not in k]
 
 
-def spread_step(run: run_io.Run, features, level: float | None = None, evaluate=None) -> dict:
-  """`analyse_step`'s pruned share per matrix type and [CLS] spread only; with `evaluate`, also
-  the metric with the mask and with the mask lifted from the bottom 1, 2, ... layers, each with
-  `mlp_constants` of the resulting model."""
+def spread_step(run: run_io.Run, evaluate, features, level: float | None = None) -> dict:
+  """`analyse_step`'s pruned share per matrix type and the [CLS] spread with and without the
+  mask, and the metric with the mask lifted from the bottom 0, 1, ... layers (0: the whole mask;
+  all: none), each with `mlp_constants` of the resulting model."""
   level = step_level(run, level)
-  masks = pruning.compute_masks(run.params, run.scores, level, run.spec)
-  flat = flat_paths(masks)
-  spare = None
-  if evaluate is not None:
-    spare = []
-    for top in range(-1, max(layer_index(p) for p in flat) + 1):  # -1: the whole mask
-      params = pruning.multiply_masks(run.params, nest(
-          {p: (np.ones_like(m) if layer_index(p) <= top else m) for p, m in flat.items()}))
-      spare.append({"unmasked_layers": top + 1, "metric": evaluate(params),
-                    "mlp_constants": mlp_constants(layer_spread(run, params, features))})
+  flat = flat_paths(pruning.compute_masks(run.params, run.scores, level, run.spec))
+  spare, spreads = [], []
+  for top in range(-1, max(layer_index(p) for p in flat) + 1):  # -1: the whole mask
+    params = pruning.multiply_masks(run.params, nest(
+        {p: (np.ones_like(m) if layer_index(p) <= top else m) for p, m in flat.items()}))
+    spreads.append(layer_spread(run, params, features))
+    spare.append({"unmasked_layers": top + 1, "metric": evaluate(params),
+                  "mlp_constants": mlp_constants(spreads[-1])})
   return {"step": run.step, "level": level, "spare_bottom_layers": spare,
-          "pruned_by_type": {name: float(np.mean([1 - m.mean() for p, m in flat.items()
-                                                  if matrix_type(p) == name]))
-                             for name, _ in TYPES},
-          "first_token_spread": {
-            "unmasked": layer_spread(run, run.params, features),
-            "masked": layer_spread(run, pruning.multiply_masks(run.params, masks), features)}}
+          "pruned_by_type": {name: float(np.mean([1 - m.mean() for m in ms]))
+                             for name, ms in masks_by_type(flat).items()},
+          "first_token_spread": {"unmasked": spreads[-1], "masked": spreads[0]}}
 
 
 def main(argv=None) -> int:
@@ -333,7 +336,7 @@ def main(argv=None) -> int:
   for step in steps:
     run = first if step == steps[0] else run_io.load_run(args.workdir, step)
     if args.spread_only:
-      rows.append(spread_step(run, task.eval_features, args.level, evaluate))
+      rows.append(spread_step(run, evaluate, task.eval_features, args.level))
       print(json.dumps({"step": step, "level": round(rows[-1]["level"], 4), **{
           k: {p.split("encoder/")[-1]: round(v["spread"], 4) for p, v in d.items()
               if p.endswith("LayerNorm")}
