@@ -22,9 +22,13 @@ used there (the schedule's level at that step) and reports:
   LayerNorms), how much the first ([CLS]) token, the one the classifier reads, still depends on
   the input: the std over eval sentences of its vector, averaged over dimensions, divided by its
   mean |value|, and the norm of its mean vector (the input-independent part a module writes),
-  with and without the mask. `--spread-only` computes just this, the pruned shares, and the
-  metric with the mask lifted from the bottom 1, 2, ... layers (with the constant each layer's
-  MLP then writes into [CLS]) instead of the other evaluations.
+  with and without the mask, and how alike the tokens of a sentence are there (mean cosine
+  between two tokens' vectors: ~1 when every token carries the same vector, the "rank collapse"
+  of deep attention stacks). `--spread-only` computes just this, the pruned shares, the metric
+  with the mask lifted from the bottom 1, 2, ... layers (with the constant each layer's MLP then
+  writes into [CLS]) and, per layer, where [CLS]'s attention goes (its mass on itself, on [SEP],
+  on the other tokens, its entropy, and every token's mass on [CLS] and [SEP]) with and without
+  the mask, instead of the other evaluations.
 
 `--level` replaces the schedule's level, e.g. to ask what the first pruning steps would remove
 from the last dense checkpoint.
@@ -190,14 +194,70 @@ def first_token_spread(x: np.ndarray) -> dict[str, float]:
           "mean_norm": float(np.linalg.norm(first.mean(axis=0)))}
 
 
+def token_cosine(x: np.ndarray, real: np.ndarray, centre: bool = False) -> float:
+  """Mean cosine similarity between the hidden states of two different real tokens of the same
+  sentence, for x [N, L, H] and real [N, L] (True on real tokens), averaged over sentences: ~1
+  when every token carries the same vector ("rank collapse"), lower while tokens stay distinct.
+  A vector every token carries (BERTs' large constant dimensions) pushes it towards 1; `centre`
+  first subtracts the mean over all real tokens of all sentences, which removes it."""
+  x = np.asarray(x, np.float64)
+  if centre:
+    x = x - x[np.asarray(real, bool)].mean(axis=0)
+  unit = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-30)
+  out = []
+  for u, keep in zip(unit, np.asarray(real, bool), strict=True):
+    u = u[keep]
+    m = len(u)
+    if m > 1:
+      total = np.square(u.sum(axis=0)).sum()  # sum over all ordered pairs, self-pairs included
+      out.append((total - m) / (m * (m - 1)))
+  return float(np.mean(out)) if out else float("nan")
+
+
 def layer_spread(run: run_io.Run, params, features, n: int = 128) -> dict[str, dict]:
-  """`first_token_spread` of every LayerNorm and per-token Dense output on the first `n` eval
-  examples, by module path (embeddings' LayerNorm, then each encoder layer's query, key, value,
-  attention-output dense and LayerNorm, intermediate and output dense and LayerNorm)."""
+  """`first_token_spread` and `token_cosine` of every LayerNorm and per-token Dense output on the
+  first `n` eval examples, by module path (embeddings' LayerNorm, then each encoder layer's query,
+  key, value, attention-output dense and LayerNorm, intermediate and output dense and
+  LayerNorm)."""
   batch, outs = module_outputs(run, params, features, n, (nn.LayerNorm, nn.Dense))
   real = int(np.asarray(batch["weights"]).sum())  # padding examples of a short last batch out
-  return {path: first_token_spread(x[:real])
+  tokens = np.asarray(batch["attention_mask"], bool)[:real]
+  return {path: {**first_token_spread(x[:real]), "token_cosine": token_cosine(x[:real], tokens),
+                 "token_cosine_centred": token_cosine(x[:real], tokens, centre=True)}
           for path, x in outs.items() if x.ndim == 3}  # pooler, classifier: [N, H]
+
+
+def attention_focus(probs: np.ndarray, real: np.ndarray) -> dict[str, float]:
+  """Where one layer's attention goes, for probs [N, heads, L query, L key] and real [N, L]
+  (True on real tokens; each sentence's last real token is its [SEP]), averaged over heads and
+  sentences: [CLS]'s (the first query's) mass on itself, on [SEP] and on the other tokens, and
+  its entropy in nats (log of the number of tokens it spreads over); and the mean over every
+  real query token of its mass on [CLS] and on [SEP] (the "sink" tokens)."""
+  p = np.asarray(probs, np.float64)
+  n = p.shape[0]
+  sep = np.asarray(real, bool).sum(axis=1) - 1  # [N]
+  rows = np.arange(n)
+  cls = p[:, :, 0, :]  # [N, heads, L key]
+  cls_self = cls[:, :, 0]
+  cls_sep = cls[rows, :, sep]  # [N, heads]
+  entropy = -(cls * np.log(np.where(cls > 0, cls, 1.0))).sum(axis=-1)
+  on_cls = p[:, :, :, 0].mean(axis=1)  # [N, L query]
+  on_sep = p[rows, :, :, sep].mean(axis=1)
+  q = np.asarray(real, bool)
+  return {"cls_self": float(cls_self.mean()), "cls_sep": float(cls_sep.mean()),
+          "cls_rest": float((1.0 - cls_self - cls_sep).mean()),
+          "cls_entropy": float(entropy.mean()),
+          "all_on_cls": float(on_cls[q].mean()), "all_on_sep": float(on_sep[q].mean())}
+
+
+def layer_attention(run: run_io.Run, params, features, n: int = 128) -> list[dict[str, float]]:
+  """`attention_focus` of every encoder layer, in order, on the first `n` eval examples (the
+  attention probabilities BertSelfAttention sows)."""
+  batch, outs = module_outputs(run, params, features, n, ())
+  real = int(np.asarray(batch["weights"]).sum())
+  tokens = np.asarray(batch["attention_mask"], bool)[:real]
+  probs = {layer_index(p): x for p, x in outs.items() if p.endswith("/attention_probs")}
+  return [attention_focus(probs[i][:real], tokens) for i in sorted(probs)]
 
 
 def make_margins(run: run_io.Run, features, batch_size: int):
@@ -297,7 +357,8 @@ def mlp_constants(spread: dict[str, dict]) -> list[float]:
 def spread_step(run: run_io.Run, evaluate, features, level: float | None = None) -> dict:
   """`analyse_step`'s pruned share per matrix type and the [CLS] spread with and without the
   mask, and the metric with the mask lifted from the bottom 0, 1, ... layers (0: the whole mask;
-  all: none), each with `mlp_constants` of the resulting model."""
+  all: none), each with `mlp_constants` of the resulting model; and `layer_attention` with and
+  without the mask."""
   level = step_level(run, level)
   flat = flat_paths(pruning.compute_masks(run.params, run.scores, level, run.spec))
   spare, spreads = [], []
@@ -307,10 +368,13 @@ def spread_step(run: run_io.Run, evaluate, features, level: float | None = None)
     spreads.append(layer_spread(run, params, features))
     spare.append({"unmasked_layers": top + 1, "metric": evaluate(params),
                   "mlp_constants": mlp_constants(spreads[-1])})
+  masked = pruning.multiply_masks(run.params, nest(flat))
   return {"step": run.step, "level": level, "spare_bottom_layers": spare,
           "pruned_by_type": {name: float(np.mean([1 - m.mean() for m in ms]))
                              for name, ms in masks_by_type(flat).items()},
-          "first_token_spread": {"unmasked": spreads[-1], "masked": spreads[0]}}
+          "first_token_spread": {"unmasked": spreads[-1], "masked": spreads[0]},
+          "attention": {"unmasked": layer_attention(run, run.params, features),
+                        "masked": layer_attention(run, masked, features)}}
 
 
 def main(argv=None) -> int:
@@ -341,6 +405,14 @@ def main(argv=None) -> int:
           k: {p.split("encoder/")[-1]: round(v["spread"], 4) for p, v in d.items()
               if p.endswith("LayerNorm")}
           for k, d in rows[-1]["first_token_spread"].items()}}), flush=True)
+      for key in ("token_cosine", "token_cosine_centred"):
+        print(json.dumps({"step": step, key: {
+            k: [round(v[key], 3) for p, v in d.items() if p.endswith("LayerNorm")]
+            for k, d in rows[-1]["first_token_spread"].items()}}), flush=True)
+      print(json.dumps({"step": step, "attention": {
+          k: [[round(a["cls_self"], 3), round(a["cls_sep"], 3), round(a["cls_entropy"], 2),
+               round(a["all_on_sep"], 3)] for a in layers]
+          for k, layers in rows[-1]["attention"].items()}}), flush=True)
       print(json.dumps({"step": step, "spare_bottom_layers": [
           [r["unmasked_layers"], round(r["metric"], 4), [round(c) for c in r["mlp_constants"]]]
           for r in rows[-1]["spare_bottom_layers"]]}), flush=True)

@@ -370,3 +370,70 @@ def test_mlp_constants_pick_each_layers_mlp_output_dense_not_the_attention_outpu
                        ("output/LayerNorm", -1.0), ("intermediate/dense", -2.0)):
       spread[f"bert/encoder/layer/{layer}/{name}"] = {"mean_norm": norm, "spread": 0.5}
   assert structure.mlp_constants(spread) == [0.0, 100.0, 200.0]
+
+
+def test_attention_focus_against_a_loop_on_random_probabilities_and_two_extremes(structure):
+  rng = np.random.default_rng(7)
+  n, heads, length = 5, 3, 9
+  real = np.zeros((n, length), bool)
+  lengths = rng.integers(3, length + 1, size=n)
+  for i, m in enumerate(lengths):
+    real[i, :m] = True
+  logits = rng.standard_normal((n, heads, length, length))
+  logits = np.where(real[:, None, None, :], logits, -np.inf)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  got = structure.attention_focus(probs, real)
+  # A plain loop over sentences, heads and tokens.
+  self_, sep_, ent, on_cls, on_sep = [], [], [], [], []
+  for i in range(n):
+    s = lengths[i] - 1
+    for h in range(heads):
+      row = probs[i, h, 0, :lengths[i]]
+      self_.append(row[0])
+      sep_.append(row[s])
+      ent.append(-sum(p * np.log(p) for p in row))
+    for q in range(lengths[i]):
+      on_cls.append(probs[i, :, q, 0].mean())
+      on_sep.append(probs[i, :, q, s].mean())
+  assert got["cls_self"] == pytest.approx(np.mean(self_))
+  assert got["cls_sep"] == pytest.approx(np.mean(sep_))
+  assert got["cls_rest"] == pytest.approx(1 - np.mean(self_) - np.mean(sep_))
+  assert got["cls_entropy"] == pytest.approx(np.mean(ent))
+  assert got["all_on_cls"] == pytest.approx(np.mean(on_cls))
+  assert got["all_on_sep"] == pytest.approx(np.mean(on_sep))
+  # Every token attending only to [SEP]: mass 1 there, entropy 0; uniform: log(length).
+  sink = np.zeros_like(probs)
+  sink[np.arange(n), :, :, lengths - 1] = 1.0
+  out = structure.attention_focus(sink, real)
+  assert (out["cls_sep"], out["all_on_sep"], out["cls_self"]) == (1.0, 1.0, 0.0)
+  assert out["cls_entropy"] == pytest.approx(0.0, abs=1e-12)
+  full = np.ones((2, 1, 4, 4), bool)
+  uniform = structure.attention_focus(np.full((2, 1, 4, 4), 0.25), full[:, 0, 0])
+  assert uniform["cls_entropy"] == pytest.approx(np.log(4))
+  assert uniform["cls_rest"] == pytest.approx(0.5)
+
+
+def test_token_cosine_against_pairwise_loop_and_one_for_identical_tokens(structure):
+  rng = np.random.default_rng(8)
+  x = rng.standard_normal((4, 6, 5)) + 0.5
+  real = np.ones((4, 6), bool)
+  real[1, 4:] = False
+  real[3, 1:] = False  # one real token: no pair, left out
+  want = []
+  for i in range(3):
+    v = x[i][real[i]]
+    v = v / np.linalg.norm(v, axis=-1, keepdims=True)
+    want.append(np.mean([v[a] @ v[b] for a in range(len(v)) for b in range(len(v)) if a != b]))
+  assert structure.token_cosine(x, real) == pytest.approx(np.mean(want))
+  same = np.repeat(x[:, :1], 6, axis=1) * rng.uniform(0.5, 2.0, size=(4, 6, 1))  # scale only
+  assert structure.token_cosine(same, real) == pytest.approx(1.0)
+  assert np.isnan(structure.token_cosine(x[3:], real[3:]))
+  # A constant every token carries: raw cosine near 1, centred back to the constant-free value.
+  big = x + 100.0
+  assert structure.token_cosine(big, real) > 0.99
+  assert structure.token_cosine(big, real, centre=True) == pytest.approx(
+      structure.token_cosine(x, real, centre=True))
+  centred = x - x[real].mean(axis=0)
+  assert structure.token_cosine(x, real, centre=True) == pytest.approx(
+      structure.token_cosine(centred, real))

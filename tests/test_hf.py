@@ -90,6 +90,30 @@ def test_minilm_base_parity(minilm_dir, minilm_batch):
   assert d_seq <= TOL and d_pool <= TOL
 
 
+def test_minilm_attention_probabilities_match_transformers(minilm_dir, minilm_batch):
+  """The attention probabilities the model sows into "intermediates" (read by
+  benchmarks/mask_structure.py) are transformers' `output_attentions`, layer by layer."""
+  ids, mask, types = minilm_batch
+  model, params = hf.load_pretrained("packaged:minilm-l6", head="base")
+  torch_model = transformers.BertModel.from_pretrained(
+      str(minilm_dir), attn_implementation="eager").eval()
+  with torch.no_grad():
+    ref = torch_model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                      token_type_ids=torch.tensor(types), output_attentions=True).attentions
+  (seq, _), state = model.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask),
+                                jnp.asarray(types), mutable=["intermediates"])
+  layers = state["intermediates"]["encoder"]["layer"]
+  assert len(layers) == len(ref) == 6
+  for i, want in enumerate(ref):
+    (got,) = layers[str(i)]["attention"]["self"]["attention_probs"]
+    assert got.shape == tuple(want.shape) == (3, 12, 16, 16)
+    assert _maxdiff(got, want.numpy()) <= TOL, i
+  # Sowing is a no-op for the outputs, and init keeps nothing but parameters.
+  assert set(model.init(jax.random.key(0), jnp.asarray(ids))) == {"params"}
+  plain, _ = _ours(model, params, ids, mask, types)
+  np.testing.assert_array_equal(np.asarray(seq), np.asarray(plain))
+
+
 def test_minilm_classification_parity(minilm_dir, minilm_batch, caplog):
   ids, mask, types = minilm_batch
   torch_model = transformers.BertForSequenceClassification.from_pretrained(

@@ -269,7 +269,12 @@ class BertEmbeddings(nn.Module):
 
 
 class BertSelfAttention(nn.Module):
-  """Multi-head self-attention; query/key/value are plain [H, H] Dense layers as in HF."""
+  """Multi-head self-attention; query/key/value are plain [H, H] Dense layers as in HF.
+
+  An apply with ``mutable=["intermediates"]`` also returns each layer's attention probabilities
+  [B, heads, L query, L key] (transformers' ``output_attentions``) under
+  ``intermediates/.../layer/<i>/attention/self/attention_probs``.
+  """
 
   config: BertConfig
   dtype: jnp.dtype = jnp.float32
@@ -292,6 +297,10 @@ class BertSelfAttention(nn.Module):
     keep = attention_mask[:, None, None, :].astype(bool)
     logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    # [B, heads, L query, L key], kept only when an apply makes "intermediates" mutable (not
+    # by init, whose variables then hold parameters only).
+    if not self.is_initializing():
+      self.sow("intermediates", "attention_probs", probs)
     probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
     return out.reshape(batch, length, cfg.hidden_size)
