@@ -30,6 +30,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from mvp_jax import pruning, run_io, sharding, trainer  # noqa: E402
@@ -63,16 +64,33 @@ def make_evaluator(run: run_io.Run):
   cfg = run.config
   task = tasks.build_task(cfg.data, tokenization.load_tokenizer(
       run.model_dir, max_length=cfg.data.max_seq_length))
-  mesh = sharding.make_mesh((1, 1))
+  mesh = sharding.make_mesh((-1, 1))  # data-parallel over every local device
   eval_fn = jax.jit(lambda p, b: trainer.eval_step(p, b, model=run.model))
   metric = task.metric_names[0]
 
+  replicated = NamedSharding(mesh, PartitionSpec())
+
   def evaluate(params) -> float:
+    params = jax.device_put(params, replicated)  # on every device the batch is split over
     metrics = trainer.evaluate(eval_fn, params, task.eval_features, task, None,
                                int(cfg.train.eval_batch_size), mesh)
     return float(metrics[metric])
 
   return evaluate, metric, task
+
+
+def write_results(out: pathlib.Path, workdir: pathlib.Path, metric: str, task, rows: list,
+                  **fields) -> None:
+  """Writes a checkpoint analysis's results file: date, workdir, metric, eval set size, `fields`
+  (what describes the run), then `rows`, as indented JSON."""
+  record = {
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "workdir": str(workdir), "metric": metric,
+    "eval_examples": int(len(task.eval_features["input_ids"])), **fields, "rows": rows,
+  }
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(record, indent=1) + "\n")
+  print(f"wrote {out}")
 
 
 def main(argv=None) -> int:
@@ -108,18 +126,10 @@ def main(argv=None) -> int:
             flush=True)
     rows.append(row)
 
-  out = {
-    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    "workdir": str(args.workdir), "metric": metric,
-    "eval_examples": int(len(task.eval_features["input_ids"])),
-    "run_config": {"method": cfg.pruning.method, "final_level": cfg.pruning.final_level,
-                   "learning_rate": cfg.optim.learning_rate, "batch_size": cfg.train.batch_size,
-                   "max_steps": cfg.train.max_steps, "seed": cfg.seed},
-    "rows": rows,
-  }
-  args.out.parent.mkdir(parents=True, exist_ok=True)
-  args.out.write_text(json.dumps(out, indent=1) + "\n")
-  print(f"wrote {args.out}")
+  write_results(args.out, args.workdir, metric, task, rows, run_config={
+      "method": cfg.pruning.method, "final_level": cfg.pruning.final_level,
+      "learning_rate": cfg.optim.learning_rate, "batch_size": cfg.train.batch_size,
+      "max_steps": cfg.train.max_steps, "seed": cfg.seed})
   return 0
 
 

@@ -44,7 +44,6 @@ Used to look for why hard movement pruning collapses on SST-2 at 10% when it sur
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import pathlib
 import re
@@ -57,7 +56,7 @@ from flax import traverse_util
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from mask_quality import make_evaluator  # noqa: E402
+from mask_quality import make_evaluator, write_results  # noqa: E402
 
 from mvp_jax import pruning, run_io, trainer  # noqa: E402
 from mvp_jax.data import batching  # noqa: E402
@@ -429,15 +428,8 @@ def main(argv=None) -> int:
                       "corr": round(row["corr_share_vs_log_scale"], 3),
                       "margins": row["margins"]}), flush=True)
     rows.append(row)
-  out = {
-    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    "workdir": str(args.workdir), "metric": metric,
-    "eval_examples": int(len(task.eval_features["input_ids"])),
-    "data": dict(first.config.data), "seed": int(first.config.seed), "rows": rows,
-  }
-  args.out.parent.mkdir(parents=True, exist_ok=True)
-  args.out.write_text(json.dumps(out, indent=1) + "\n")
-  print(f"wrote {args.out}")
+  write_results(args.out, args.workdir, metric, task, rows, data=dict(first.config.data),
+                seed=int(first.config.seed))
   return 0
 
 

@@ -437,3 +437,43 @@ def test_token_cosine_against_pairwise_loop_and_one_for_identical_tokens(structu
   centred = x - x[real].mean(axis=0)
   assert structure.token_cosine(x, real, centre=True) == pytest.approx(
       structure.token_cosine(centred, real))
+
+
+def test_checkpoint_analyses_run_end_to_end_on_a_tiny_topk_run(tmp_path, structure):
+  """mask_quality.py and mask_structure.py (full and --spread-only) on a real, tiny top-k run:
+  every field they write is there, and the probabilities and shares are what they claim."""
+  from tiny_bert import make_tiny_bert, tiny_config
+
+  from mvp_jax import trainer
+
+  run = tmp_path / "run"
+  trainer.train_and_evaluate(tiny_config(make_tiny_bert(tmp_path / "bert"), **{
+      "train.max_steps": 6, "train.eval_every_steps": 0, "train.keep_checkpoints": 5}), run)
+  quality = load_benchmark("mask_quality")
+  quality.main([str(run), "--steps", "2,6", "--levels", "0.5", "--out", str(tmp_path / "q.json")])
+  q = json.loads((tmp_path / "q.json").read_text())
+  assert q["metric"] == "accuracy" and q["eval_examples"] == 40 and q["run_config"]["seed"] == 42
+  assert [r["step"] for r in q["rows"]] == [2, 6]
+  assert set(q["rows"][1]["by_level"]["0.5"]) == set(quality.CRITERIA)
+
+  structure.main([str(run), "--steps", "4", "--spread-only", "--out", str(tmp_path / "s.json")])
+  s = json.loads((tmp_path / "s.json").read_text())
+  (row,) = s["rows"]
+  assert row["step"] == 4 and 0.1 < row["level"] < 1.0
+  assert [r["unmasked_layers"] for r in row["spare_bottom_layers"]] == [0, 1, 2]
+  for kind in ("masked", "unmasked"):
+    layers = row["attention"][kind]
+    assert len(layers) == 2
+    for a in layers:
+      assert a["cls_self"] + a["cls_sep"] + a["cls_rest"] == pytest.approx(1.0)
+      assert 0.0 <= a["cls_entropy"] <= np.log(32) and 0.0 <= a["all_on_sep"] <= 1.0
+    for v in row["first_token_spread"][kind].values():
+      assert -1.0 <= v["token_cosine_centred"] <= 1.0 and -1.0 <= v["token_cosine"] <= 1.0
+
+  structure.main([str(run), "--steps", "4", "--dims", "2", "--random-draws", "1",
+                  "--out", str(tmp_path / "f.json")])
+  (full,) = json.loads((tmp_path / "f.json").read_text())["rows"]
+  # The lift-the-mask loop's last entry (every layer unmasked) is the unmasked model.
+  assert full["accuracy"]["unmasked"] == pytest.approx(row["spare_bottom_layers"][-1]["metric"])
+  assert set(full["margins"]) == {"unmasked", "masked", "random_mask"}
+  assert sum(k.startswith("only_layer") for k in full["accuracy"]) == 2
