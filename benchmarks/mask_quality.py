@@ -23,11 +23,13 @@ Scores must exist, so the run must use a score-based method; a run with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import pathlib
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
@@ -60,7 +62,8 @@ def criterion_scores(name: str, scores):
 
 def make_evaluator(run: run_io.Run):
   """(evaluate, metric, task) for `run`'s eval set: evaluate(params) -> the task's first metric
-  on every eval example, params already masked (one jit-compiled forward, reused)."""
+  on every eval example, params already masked (one jit-compiled forward, reused);
+  evaluate(params, interceptor) runs the forward under `flax.linen.intercept_methods`."""
   cfg = run.config
   task = tasks.build_task(cfg.data, tokenization.load_tokenizer(
       run.model_dir, max_length=cfg.data.max_seq_length))
@@ -70,10 +73,16 @@ def make_evaluator(run: run_io.Run):
 
   replicated = NamedSharding(mesh, PartitionSpec())
 
-  def evaluate(params) -> float:
+  def evaluate(params, interceptor=None) -> float:
     params = jax.device_put(params, replicated)  # on every device the batch is split over
-    metrics = trainer.evaluate(eval_fn, params, task.eval_features, task, None,
-                               int(cfg.train.eval_batch_size), mesh)
+    if interceptor is None:
+      fn, context = eval_fn, contextlib.nullcontext()
+    else:  # traced afresh inside the interception (a cached trace would not see it)
+      fn = jax.jit(lambda p, b: trainer.eval_step(p, b, model=run.model))
+      context = nn.intercept_methods(interceptor)
+    with context:
+      metrics = trainer.evaluate(fn, params, task.eval_features, task, None,
+                                 int(cfg.train.eval_batch_size), mesh)
     return float(metrics[metric])
 
   return evaluate, metric, task

@@ -346,11 +346,50 @@ def analyse_step(run: run_io.Run, evaluate, features, k: int, seeds: int,
   }
 
 
+def is_mlp_output(path: str) -> bool:
+  """Whether a '/'-joined module path is an encoder layer's MLP output dense (not the attention
+  output's)."""
+  return path.endswith("/output/dense") and "/attention/" not in path
+
+
 def mlp_constants(spread: dict[str, dict]) -> list[float]:
   """Per encoder layer, the norm of the input-independent vector its MLP output dense writes into
   [CLS] (`first_token_spread`'s mean_norm; BERTs' "massive activations" show there)."""
-  return [v["mean_norm"] for k, v in spread.items()
-          if k.endswith("/output/dense") and "/attention/" not in k]
+  return [v["mean_norm"] for k, v in spread.items() if is_mlp_output(k)]
+
+
+def cls_constants(run: run_io.Run, params, features, n: int = 128) -> dict[int, np.ndarray]:
+  """{layer: [H] the mean over the first `n` eval sentences of what its MLP output dense writes
+  into [CLS]}: the input-independent part `mlp_constants` measures the norm of."""
+  batch, outs = module_outputs(run, params, features, n, (nn.Dense,))
+  real = int(np.asarray(batch["weights"]).sum())
+  return {layer_index(p): x[:real, 0].mean(axis=0) for p, x in outs.items() if is_mlp_output(p)}
+
+
+def remove_cls_constants(constants: dict[int, np.ndarray]):
+  """A `flax.linen.intercept_methods` interceptor that subtracts constants[layer] from the [CLS]
+  position of each listed layer's MLP output dense, leaving its input-dependent part."""
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    path = "/".join(context.module.path)
+    if (context.method_name == "__call__" and isinstance(context.module, nn.Dense)
+        and is_mlp_output(path) and layer_index(path + "/") in constants):
+      out = out.at[:, 0].add(-constants[layer_index(path + "/")].astype(out.dtype))
+    return out
+
+  return interceptor
+
+
+def constant_ablation(run: run_io.Run, params, evaluate, features) -> dict[str, float]:
+  """The metric of (masked) `params` with `remove_cls_constants` in every layer, in the bottom
+  half and in the top half: does what the MLPs write into [CLS] whatever the input drown what
+  the input writes? (The constants are measured on eval sentences, as a diagnostic.)"""
+  consts = cls_constants(run, params, features)
+  half = (max(consts) + 1) // 2
+  parts = {"all": consts, "bottom": {i: c for i, c in consts.items() if i < half},
+           "top": {i: c for i, c in consts.items() if i >= half}}
+  return {name: evaluate(params, remove_cls_constants(c)) for name, c in parts.items()}
 
 
 def spread_step(run: run_io.Run, evaluate, features, level: float | None = None) -> dict:
@@ -369,6 +408,9 @@ def spread_step(run: run_io.Run, evaluate, features, level: float | None = None)
                   "mlp_constants": mlp_constants(spreads[-1])})
   masked = pruning.multiply_masks(run.params, nest(flat))
   return {"step": run.step, "level": level, "spare_bottom_layers": spare,
+          "without_cls_constants": {
+              "masked": constant_ablation(run, masked, evaluate, features),
+              "unmasked": constant_ablation(run, run.params, evaluate, features)},
           "pruned_by_type": {name: float(np.mean([1 - m.mean() for m in ms]))
                              for name, ms in masks_by_type(flat).items()},
           "first_token_spread": {"unmasked": spreads[-1], "masked": spreads[0]},
@@ -412,6 +454,9 @@ def main(argv=None) -> int:
           k: [[round(a["cls_self"], 3), round(a["cls_sep"], 3), round(a["cls_entropy"], 2),
                round(a["all_on_sep"], 3)] for a in layers]
           for k, layers in rows[-1]["attention"].items()}}), flush=True)
+      print(json.dumps({"step": step, "without_cls_constants": {
+          k: {kk: round(vv, 4) for kk, vv in v.items()}
+          for k, v in rows[-1]["without_cls_constants"].items()}}), flush=True)
       print(json.dumps({"step": step, "spare_bottom_layers": [
           [r["unmasked_layers"], round(r["metric"], 4), [round(c) for c in r["mlp_constants"]]]
           for r in rows[-1]["spare_bottom_layers"]]}), flush=True)

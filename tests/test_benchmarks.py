@@ -444,7 +444,7 @@ def test_checkpoint_analyses_run_end_to_end_on_a_tiny_topk_run(tmp_path, structu
   every field they write is there, and the probabilities and shares are what they claim."""
   from tiny_bert import make_tiny_bert, tiny_config
 
-  from mvp_jax import trainer
+  from mvp_jax import run_io, trainer
 
   run = tmp_path / "run"
   trainer.train_and_evaluate(tiny_config(make_tiny_bert(tmp_path / "bert"), **{
@@ -469,6 +469,25 @@ def test_checkpoint_analyses_run_end_to_end_on_a_tiny_topk_run(tmp_path, structu
       assert 0.0 <= a["cls_entropy"] <= np.log(32) and 0.0 <= a["all_on_sep"] <= 1.0
     for v in row["first_token_spread"][kind].values():
       assert -1.0 <= v["token_cosine_centred"] <= 1.0 and -1.0 <= v["token_cosine"] <= 1.0
+
+  assert set(row["without_cls_constants"]["masked"]) == {"all", "bottom", "top"}
+  assert all(0.0 <= v <= 1.0 for v in row["without_cls_constants"]["unmasked"].values())
+
+  # The interceptor: with no constants it changes nothing; with layer 0's measured constant,
+  # the [CLS] output of layer 0's MLP averages to zero over the sentences it was measured on
+  # (later layers' inputs change with it, so only layer 0 is exact).
+  import flax.linen as nn
+
+  loaded = run_io.load_run(run, 4)
+  evaluate, _, task = quality.make_evaluator(loaded)
+  feats = task.eval_features
+  assert evaluate(loaded.params, structure.remove_cls_constants({})) == evaluate(loaded.params)
+  consts = structure.cls_constants(loaded, loaded.params, feats)
+  assert sorted(consts) == [0, 1] and np.linalg.norm(consts[0]) > 0
+  with nn.intercept_methods(structure.remove_cls_constants({0: consts[0]})):
+    _, outs = structure.module_outputs(loaded, loaded.params, feats, 128, (nn.Dense,))
+  first = outs["bert/encoder/layer/0/output/dense"][:, 0]
+  assert np.abs(first.mean(axis=0)).max() < 0.01 * np.abs(consts[0]).max()  # float32 sums
 
   structure.main([str(run), "--steps", "4", "--dims", "2", "--random-draws", "1",
                   "--out", str(tmp_path / "f.json")])
