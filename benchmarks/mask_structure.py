@@ -28,7 +28,8 @@ used there (the schedule's level at that step) and reports:
   with the mask lifted from the bottom 1, 2, ... layers (with the constant each layer's MLP then
   writes into [CLS]) and, per layer, where [CLS]'s attention goes (its mass on itself, on [SEP],
   on the other tokens, its entropy, and every token's mass on [CLS] and [SEP]) with and without
-  the mask, instead of the other evaluations.
+  the mask, and the metric with the input-independent vector each layer's MLP writes into [CLS]
+  subtracted (in every layer, the bottom half, the top half), instead of the other evaluations.
 
 `--level` replaces the schedule's level, e.g. to ask what the first pruning steps would remove
 from the last dense checkpoint.
