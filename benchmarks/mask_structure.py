@@ -214,14 +214,25 @@ def token_cosine(x: np.ndarray, real: np.ndarray, centre: bool = False) -> float
   return float(np.mean(out)) if out else float("nan")
 
 
-def layer_spread(run: run_io.Run, params, features, n: int = 128) -> dict[str, dict]:
-  """`first_token_spread` and `token_cosine` of every LayerNorm and per-token Dense output on the
-  first `n` eval examples, by module path (embeddings' LayerNorm, then each encoder layer's query,
-  key, value, attention-output dense and LayerNorm, intermediate and output dense and
-  LayerNorm)."""
-  batch, outs = module_outputs(run, params, features, n, (nn.LayerNorm, nn.Dense))
-  real = int(np.asarray(batch["weights"]).sum())  # padding examples of a short last batch out
-  tokens = np.asarray(batch["attention_mask"], bool)[:real]
+def capture(run: run_io.Run, params, features, n: int = 128) -> tuple[dict, dict]:
+  """`module_outputs` of every LayerNorm and Dense (and the attention probabilities the model
+  sows) on the first `n` eval examples: what `layer_spread`, `layer_attention` and
+  `cls_constants` read, from one forward."""
+  return module_outputs(run, params, features, n, (nn.LayerNorm, nn.Dense))
+
+
+def real_tokens(batch: dict) -> tuple[int, np.ndarray]:
+  """(number of real examples, [that many, L] True on real tokens) of an eval batch (a short
+  last batch is padded with examples of weight 0)."""
+  real = int(np.asarray(batch["weights"]).sum())
+  return real, np.asarray(batch["attention_mask"], bool)[:real]
+
+
+def layer_spread(batch: dict, outs: dict[str, np.ndarray]) -> dict[str, dict]:
+  """`first_token_spread` and `token_cosine` of every LayerNorm and per-token Dense output of a
+  `capture`, by module path (embeddings' LayerNorm, then each encoder layer's query, key, value,
+  attention-output dense and LayerNorm, intermediate and output dense and LayerNorm)."""
+  real, tokens = real_tokens(batch)
   return {path: {**first_token_spread(x[:real]), "token_cosine": token_cosine(x[:real], tokens),
                  "token_cosine_centred": token_cosine(x[:real], tokens, centre=True)}
           for path, x in outs.items() if x.ndim == 3}  # pooler, classifier: [N, H]
@@ -250,12 +261,10 @@ def attention_focus(probs: np.ndarray, real: np.ndarray) -> dict[str, float]:
           "all_on_cls": float(on_cls[q].mean()), "all_on_sep": float(on_sep[q].mean())}
 
 
-def layer_attention(run: run_io.Run, params, features, n: int = 128) -> list[dict[str, float]]:
-  """`attention_focus` of every encoder layer, in order, on the first `n` eval examples (the
-  attention probabilities BertSelfAttention sows)."""
-  batch, outs = module_outputs(run, params, features, n, ())
-  real = int(np.asarray(batch["weights"]).sum())
-  tokens = np.asarray(batch["attention_mask"], bool)[:real]
+def layer_attention(batch: dict, outs: dict[str, np.ndarray]) -> list[dict[str, float]]:
+  """`attention_focus` of every encoder layer of a `capture`, in order (the attention
+  probabilities BertSelfAttention sows)."""
+  real, tokens = real_tokens(batch)
   probs = {layer_index(p): x for p, x in outs.items() if p.endswith("/attention_probs")}
   return [attention_focus(probs[i][:real], tokens) for i in sorted(probs)]
 
@@ -335,8 +344,8 @@ def analyse_step(run: run_io.Run, evaluate, features, k: int, seeds: int,
   order = np.argsort(-scale)
   return {
     "step": run.step, "level": level, "by_type": by_type, "accuracy": acc, "margins": margins,
-    "first_token_spread": {"unmasked": layer_spread(run, params, features),
-                           "masked": layer_spread(run, masked(masks), features)},
+    "first_token_spread": {"unmasked": layer_spread(*capture(run, params, features)),
+                           "masked": layer_spread(*capture(run, masked(masks), features))},
     "hidden_pruned_share": {"mean": float(share.mean()), "max": float(share.max()),
                             "min": float(share.min()),
                             "most_pruned": [[int(d), float(share[d]), float(scale[d])]
@@ -359,11 +368,10 @@ def mlp_constants(spread: dict[str, dict]) -> list[float]:
   return [v["mean_norm"] for k, v in spread.items() if is_mlp_output(k)]
 
 
-def cls_constants(run: run_io.Run, params, features, n: int = 128) -> dict[int, np.ndarray]:
-  """{layer: [H] the mean over the first `n` eval sentences of what its MLP output dense writes
-  into [CLS]}: the input-independent part `mlp_constants` measures the norm of."""
-  batch, outs = module_outputs(run, params, features, n, (nn.Dense,))
-  real = int(np.asarray(batch["weights"]).sum())
+def cls_constants(batch: dict, outs: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+  """{layer: [H] the mean over a `capture`'s sentences of what its MLP output dense writes into
+  [CLS]}: the input-independent part `mlp_constants` measures the norm of."""
+  real, _ = real_tokens(batch)
   return {layer_index(p): x[:real, 0].mean(axis=0) for p, x in outs.items() if is_mlp_output(p)}
 
 
@@ -382,11 +390,11 @@ def remove_cls_constants(constants: dict[int, np.ndarray]):
   return interceptor
 
 
-def constant_ablation(run: run_io.Run, params, evaluate, features) -> dict[str, float]:
-  """The metric of (masked) `params` with `remove_cls_constants` in every layer, in the bottom
-  half and in the top half: does what the MLPs write into [CLS] whatever the input drown what
-  the input writes? (The constants are measured on eval sentences, as a diagnostic.)"""
-  consts = cls_constants(run, params, features)
+def constant_ablation(params, evaluate, consts: dict[int, np.ndarray]) -> dict[str, float]:
+  """The metric of (masked) `params` with `remove_cls_constants` of their `cls_constants` in
+  every layer, in the bottom half and in the top half: does what the MLPs write into [CLS]
+  whatever the input drown what the input writes? (The constants are measured on eval
+  sentences, as a diagnostic.)"""
   half = (max(consts) + 1) // 2
   parts = {"all": consts, "bottom": {i: c for i, c in consts.items() if i < half},
            "top": {i: c for i, c in consts.items() if i >= half}}
@@ -400,23 +408,25 @@ def spread_step(run: run_io.Run, evaluate, features, level: float | None = None)
   without the mask."""
   level = step_level(run, level)
   flat = flat_paths(pruning.compute_masks(run.params, run.scores, level, run.spec))
-  spare, spreads = [], []
-  for top in range(-1, max(layer_index(p) for p in flat) + 1):  # -1: the whole mask
+  spare, spreads, ends = [], [], {}
+  last = max(layer_index(p) for p in flat)
+  for top in range(-1, last + 1):  # -1: the whole mask; last: no mask
     params = pruning.multiply_masks(run.params, nest(
         {p: (np.ones_like(m) if layer_index(p) <= top else m) for p, m in flat.items()}))
-    spreads.append(layer_spread(run, params, features))
+    captured = capture(run, params, features)
+    spreads.append(layer_spread(*captured))
     spare.append({"unmasked_layers": top + 1, "metric": evaluate(params),
                   "mlp_constants": mlp_constants(spreads[-1])})
-  masked = pruning.multiply_masks(run.params, nest(flat))
+    if top in (-1, last):
+      ends["masked" if top == -1 else "unmasked"] = (params, captured)
   return {"step": run.step, "level": level, "spare_bottom_layers": spare,
           "without_cls_constants": {
-              "masked": constant_ablation(run, masked, evaluate, features),
-              "unmasked": constant_ablation(run, run.params, evaluate, features)},
+              name: constant_ablation(params, evaluate, cls_constants(*captured))
+              for name, (params, captured) in ends.items()},
           "pruned_by_type": {name: float(np.mean([1 - m.mean() for m in ms]))
                              for name, ms in masks_by_type(flat).items()},
           "first_token_spread": {"unmasked": spreads[-1], "masked": spreads[0]},
-          "attention": {"unmasked": layer_attention(run, run.params, features),
-                        "masked": layer_attention(run, masked, features)}}
+          "attention": {name: layer_attention(*captured) for name, (_, captured) in ends.items()}}
 
 
 def main(argv=None) -> int:

@@ -482,7 +482,7 @@ def test_checkpoint_analyses_run_end_to_end_on_a_tiny_topk_run(tmp_path, structu
   evaluate, _, task = quality.make_evaluator(loaded)
   feats = task.eval_features
   assert evaluate(loaded.params, structure.remove_cls_constants({})) == evaluate(loaded.params)
-  consts = structure.cls_constants(loaded, loaded.params, feats)
+  consts = structure.cls_constants(*structure.capture(loaded, loaded.params, feats))
   assert sorted(consts) == [0, 1] and np.linalg.norm(consts[0]) > 0
   with nn.intercept_methods(structure.remove_cls_constants({0: consts[0]})):
     _, outs = structure.module_outputs(loaded, loaded.params, feats, 128, (nn.Dense,))
