@@ -63,16 +63,25 @@ def alt_bits() -> int:
   return 1 if masks.default_radix_bits() == 2 else 2
 
 
-def _bert_kernel_shapes(layers: int, hidden: int, ffn: int) -> list[tuple[int, int]]:
-  return [(hidden, hidden)] * 4 * layers + [(hidden, ffn), (ffn, hidden)] * layers
+def _bert_kernels(layers: int, hidden: int, ffn: int) -> list[tuple[tuple[int, int], str]]:
+  """(shape, kind) of a BERT encoder's six kernels per layer; a kind's copies share a stack."""
+  square = [((hidden, hidden), kind) for kind in ("query", "key", "value", "attn_out")]
+  return (square + [((hidden, ffn), "intermediate"), ((ffn, hidden), "output")]) * layers
 
 
-def bench_threshold(name: str, shapes, level: float, repeats: int) -> dict:
+def bench_threshold(name: str, kernels, level: float, repeats: int) -> dict:
   """Local and global masks: ours (traced level) vs sort-based and lax.top_k thresholds.
 
   "ours_local" runs one search loop per matrix, "ours_local_shared_loop" one loop for all
-  (`masks.local_topk_masks` picks the latter on GPU/TPU by default); ratios use the former.
+  (`masks.local_topk_masks` picks the latter on GPU/TPU by default), "ours_*_stacked" one loop
+  over stacks of same-kind matrices (`pruning.PruningSpec.stack_search`); ratios use the
+  first.
+
+  Args:
+    kernels: (shape, kind) per matrix; the kind is the stacking key.
   """
+  shapes = [shape for shape, _ in kernels]
+  kinds = [kind for _, kind in kernels]
   keys = jax.random.split(jax.random.PRNGKey(0), len(shapes))
   scores = [jax.random.normal(k, s) for k, s in zip(keys, shapes, strict=True)]
   n = sum(s.size for s in scores)
@@ -94,6 +103,8 @@ def bench_threshold(name: str, shapes, level: float, repeats: int) -> dict:
       lambda ss, lv: masks.global_topk_masks(ss, lv)
     ).lower(scores, lv).compile()
   ours_local_shared = jax.jit(lambda ss, lv: masks.local_topk_masks(ss, lv, shared_loop=True))
+  ours_local_stacked = jax.jit(lambda ss, lv: masks.local_topk_masks(ss, lv, stack_keys=kinds))
+  ours_global_stacked = jax.jit(lambda ss, lv: masks.global_topk_masks(ss, lv, stack_keys=kinds))
 
   @jax.jit
   def sort_local(ss):  # the k-th largest from a full sort (k static), strict-greater mask
@@ -119,10 +130,12 @@ def bench_threshold(name: str, shapes, level: float, repeats: int) -> dict:
     "ours_local_s": (ours_local, (scores, lv)),
     f"ours_{alt}bit_local_s": (ours_local_alt, (scores, lv)),
     "ours_local_shared_loop_s": (ours_local_shared, (scores, lv)),
+    "ours_local_stacked_s": (ours_local_stacked, (scores, lv)),
     "sort_local_s": (sort_local, (scores,)),
     "top_k_local_s": (topk_local, (scores,)),
     "ours_global_s": (ours_global, (scores, lv)),
     f"ours_{alt}bit_global_s": (ours_global_alt, (scores, lv)),
+    "ours_global_stacked_s": (ours_global_stacked, (scores, lv)),
     "sort_global_s": (sort_global, (scores,)),
     "top_k_global_s": (topk_global, (scores,)),
   }, repeats)
@@ -132,6 +145,7 @@ def bench_threshold(name: str, shapes, level: float, repeats: int) -> dict:
     row[f"sort_over_ours_{scope}"] = row[f"sort_{scope}_s"] / ours
     row[f"top_k_over_ours_{scope}"] = row[f"top_k_{scope}_s"] / ours
     row[f"{alt}bit_over_ours_{scope}"] = row[f"ours_{alt}bit_{scope}_s"] / ours
+    row[f"stacked_over_ours_{scope}"] = row[f"ours_{scope}_stacked_s"] / ours
   return row
 
 
@@ -203,15 +217,15 @@ def main(argv=None) -> None:
   repeats = args.repeats or (3 if args.quick else 10)
   if args.quick:
     cases = [
-      ("262k (256x1024)", [(256, 1024)]),
-      ("0.8M (1 layer, hidden 256)", _bert_kernel_shapes(1, 256, 1024)),
+      ("262k (256x1024)", [((256, 1024), "dense")]),
+      ("1.6M (2 layers, hidden 256)", _bert_kernels(2, 256, 1024)),
     ]
     step = dict(layers=2, hidden=128, ffn=512, batch=8, seq=64)
   else:
     cases = [
-      ("2.4M (768x3072)", [(768, 3072)]),
-      ("21M (3 BERT-base layers)", _bert_kernel_shapes(3, 768, 3072)),
-      ("85M (BERT-base encoder)", _bert_kernel_shapes(12, 768, 3072)),
+      ("2.4M (768x3072)", [((768, 3072), "dense")]),
+      ("21M (3 BERT-base layers)", _bert_kernels(3, 768, 3072)),
+      ("85M (BERT-base encoder)", _bert_kernels(12, 768, 3072)),
     ]
     step = dict(layers=6, hidden=384, ffn=1536, batch=32, seq=64)
   result = {

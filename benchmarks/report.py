@@ -110,6 +110,7 @@ def render_masks(res: dict[str, Any], title: str = "Top-k threshold: sort-free v
   shared = res.get("backend", "cpu") != "cpu" and any(
     "ours_local_shared_loop_s" in r for r in rows_in
   )
+  stacked = any("ours_local_stacked_s" in r for r in rows_in)
   bits = {r.get("radix_bits") for r in rows_in} - {None}
   if bits:
     other = ""
@@ -123,7 +124,10 @@ def render_masks(res: dict[str, Any], title: str = "Top-k threshold: sort-free v
       f"\"ours\" decides {'/'.join(map(str, sorted(bits)))} bits of the threshold per pass "
       f"(this backend's default){other}. \"ours local\" runs one search loop per matrix"
       + ("; \"one loop\" searches all matrices in one loop, the default here." if shared
-         else "."),
+         else ".")
+      + (" \"stacked\" searches each kernel's copies in all layers as one stack, one reduction"
+         " per stack and pass (`pruning.stack_search`; equal to \"ours\" where every matrix is"
+         " of its own kind)." if stacked else ""),
       "",
     ]
   rows = []
@@ -135,6 +139,8 @@ def render_masks(res: dict[str, Any], title: str = "Top-k threshold: sort-free v
         row += [_ms(r.get("ours_local_shared_loop_s"))]
       if alt and f"ours_{alt}bit_{scope}_s" in r:
         row += [_ms(r[f"ours_{alt}bit_{scope}_s"]), _ratio(r[f"{alt}bit_over_ours_{scope}"])]
+      if stacked:
+        row += [_ms(r.get(f"ours_{scope}_stacked_s")), _ratio(r.get(f"stacked_over_ours_{scope}"))]
       row += [_ms(r[f"sort_{scope}_s"]), _ms(r[f"top_k_{scope}_s"]),
               _ratio(r[f"sort_over_ours_{scope}"])]
     rows.append(row)
@@ -145,6 +151,8 @@ def render_masks(res: dict[str, Any], title: str = "Top-k threshold: sort-free v
       header += ["ours local, one loop ms"]
     if alt:
       header += [f"{alt}-bit {scope} ms", f"{alt}-bit / ours ({scope})"]
+    if stacked:
+      header += [f"stacked {scope} ms", f"stacked / ours ({scope})"]
     header += [f"sort {scope} ms", f"lax.top_k {scope} ms", f"sort / ours ({scope})"]
   lines += _table(header, rows)
   ts = res.get("train_step")
@@ -376,6 +384,11 @@ def _load(path: pathlib.Path) -> dict[str, Any] | None:
 BLOCKS: dict[str, tuple[Callable[[pathlib.Path], dict | None], Callable[[dict], str]]] = {
   "masks": (lambda d: _load(d / "masks.json"), render_masks),
   "step": (lambda d: _load(d / "step.json"), render_step),
+  # step.py --variants with the stacked searches (pruning.stack_search), --out step_stacked.json.
+  "step_stacked": (
+    lambda d: _load(d / "step_stacked.json"),
+    lambda res: render_step(res, title="Train step with stacked threshold searches"),
+  ),
   "eval": (_eval_source, render_eval),
   # Runs on a GPU/TPU (step.py / masks.py --out benchmarks/results/<name>_accelerator.json).
   "step_accelerator": (lambda d: _load(d / "step_accelerator.json"), render_accelerator),

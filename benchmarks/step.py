@@ -78,6 +78,15 @@ JAX_VARIANTS: dict[str, tuple[dict | None, str]] = {
     dict(method="topk"),
     "movement, local top-k, two bits per pass (16 passes of fused counts; the CPU default)",
   ),
+  "topk_local_stacked": (
+    dict(method="topk", stack_search=True),
+    "movement, local top-k, each kernel's copies in all layers searched as one stack"
+    " (pruning.stack_search: one reduction per stack and pass instead of one per matrix)",
+  ),
+  "topk_global_stacked": (
+    dict(method="topk", scope="global", stack_search=True),
+    "movement, global top-k, searched in stacks as topk_local_stacked",
+  ),
   "topk_local_sort": (
     dict(method="topk"),
     "movement, local top-k by a full sort per forward (the reference's approach)",
@@ -97,10 +106,11 @@ DEFAULT_VARIANTS = (
   "topk_local_1bit",
   "topk_local_sort",
 )
-# Off CPU the default search is already one bit per pass: time the two-bit search instead.
+# Off CPU the default search is already one bit per pass: time the two-bit search instead, and
+# the stacked searches (meant for accelerators; slower on CPU, see benchmarks/masks.py).
 ACCELERATOR_VARIANTS = tuple(
   "topk_local_2bit" if v == "topk_local_1bit" else v for v in DEFAULT_VARIANTS
-)
+) + ("topk_local_stacked", "topk_global_stacked")
 TORCH_VARIANTS = ("torch_dense", "torch_topk_sort")
 # Variants that force the threshold search's bits per pass (name suffix -> bits).
 FORCED_BITS = {"_1bit": 1, "_2bit": 2}
@@ -237,19 +247,20 @@ def _sort_select(flat: jax.Array, k: jax.Array) -> jax.Array:
 
 
 def sort_topk_masks(
-  scores: Sequence[jax.Array], level: jax.typing.ArrayLike, shared_loop: bool | None = None
+  scores: Sequence[jax.Array], level: jax.typing.ArrayLike, shared_loop: bool | None = None,
+  stack_keys: Sequence[Any] | None = None,
 ) -> list[jax.Array]:
   """Drop-in for `masks.local_topk_masks`: one full sort per matrix per call; straight-through.
 
   Args:
     scores: float32 arrays, any shapes.
     level: [] keep fraction in [0, 1], may be traced.
-    shared_loop: ignored (signature of the function it replaces).
+    shared_loop, stack_keys: ignored (signature of the function it replaces).
 
   Returns:
     float32 0/1 masks with ``keep_count(level, size)`` ones, equal to the sort-free masks.
   """
-  del shared_loop
+  del shared_loop, stack_keys
   out = []
   for s in scores:
     hard = _sort_select(s.reshape(-1), masks.keep_count(level, int(s.size))).reshape(s.shape)
@@ -258,9 +269,11 @@ def sort_topk_masks(
 
 
 def sort_global_topk_masks(
-  scores: Sequence[jax.Array], level: jax.typing.ArrayLike
+  scores: Sequence[jax.Array], level: jax.typing.ArrayLike, stack_keys: Sequence[Any] | None = None
 ) -> list[jax.Array]:
-  """Drop-in for `masks.global_topk_masks`: concatenate all scores and sort them once."""
+  """Drop-in for `masks.global_topk_masks`: concatenate all scores and sort them once
+  (``stack_keys`` ignored)."""
+  del stack_keys
   scores = list(scores)
   flat = jnp.concatenate([s.reshape(-1) for s in scores])
   hard = _sort_select(flat, masks.keep_count(level, int(flat.size)))
@@ -1203,7 +1216,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     "--variants",
     default=None,
     help=f"comma-separated JAX variants (default: {','.join(DEFAULT_VARIANTS)}; on an"
-    " accelerator topk_local_2bit replaces topk_local_1bit;"
+    " accelerator topk_local_2bit replaces topk_local_1bit, and the two *_stacked are added;"
     f" all: {','.join(JAX_VARIANTS)})",
   )
   parser.add_argument(

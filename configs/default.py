@@ -50,6 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.pruning.initial_warmup = 2  # Dense warm-up, in units of optim.warmup_steps (reference: 1).
   c.pruning.final_warmup = 2  # Cool-down at the final level, in units of optim.warmup_steps.
   c.pruning.final_lambda = 0.0  # Regulariser weight at the end (soft movement, L0).
+  # topk/magnitude: search each kernel's copies in all layers as one stacked block (same masks;
+  # fewer, larger kernels per pass, meant for GPU/TPU; slower on CPU). See PruningSpec.
+  c.pruning.stack_search = False
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4  # Peak learning rate of the weights (AdamW).

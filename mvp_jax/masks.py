@@ -25,8 +25,13 @@ in the two-bit form), never a gather of the scores. Ties at the
 threshold value are broken deterministically: among the scores equal to the threshold, the first
 ones in (leaf order, row-major flattened index) order are kept. The ties' quota is handed out in
 leaf order, so at most one matrix per group keeps only some of its ties; a second bisection, over
-that matrix's row-major index and inside a ``lax.cond``, finds where they stop. Exactly ``k``
-entries are kept.
+that matrix's row-major index and inside a ``lax.cond`` (one per matrix, or per stack),
+finds where they stop. Exactly ``k`` entries are kept.
+
+Each pass counts every matrix in its own reduction, unless same-shaped matrices are given one
+stacking key (``stack_keys``; `pruning.PruningSpec.stack_search` keys each kernel's copies in
+all layers): they are stacked once into a [P, ...] block that a pass counts in one reduction
+keeping the member axis, so a pass launches one reduction per block instead of one per matrix.
 
 Keep counts
 -----------
@@ -41,10 +46,12 @@ decimal product when that product is an integer (0.7 * 10 -> 6): pass ``level`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 # Hard-concrete constants of the reference code (Louizos et al. stretch interval and temperature).
@@ -145,13 +152,41 @@ def count_true(x: jax.Array) -> jax.Array:
   (benchmarks/masks.py). Other backends sum in int32 directly. When the last axis is sharded,
   the per-row partial counts are what is all-reduced.
   """
-  if _narrow(x):
-    return jnp.sum(jnp.sum(x, axis=-1, dtype=jnp.uint16), dtype=jnp.int32)
-  return jnp.sum(x, dtype=jnp.int32)
+  return _sum_true([x], batch=0, fused=False)[0]
 
 
-def _narrow(x: jax.Array) -> bool:
-  return jax.default_backend() == "cpu" and x.ndim >= 1 and 1 < x.shape[-1] < _U16_LIMIT
+def _narrow(x: jax.Array, batch: int = 0) -> bool:
+  return (
+    jax.default_backend() == "cpu" and x.ndim > batch and 1 < x.shape[-1] < _U16_LIMIT
+  )
+
+
+def _sum_true(xs: Sequence[jax.Array], batch: int, fused: bool) -> jax.Array:
+  """[len(xs), *shape[:batch]] int32: the True entries of each same-shaped bool array in
+  ``xs``, counted over all but its first ``batch`` axes.
+
+  ``fused``: one variadic reduction for all of ``xs`` (see `count_true_many`); otherwise one
+  reduction each. On CPU both count along the last axis in uint16 first (see `count_true`).
+  """
+  xs = list(xs)
+  if len({x.shape for x in xs}) > 1:
+    raise ValueError(f"count_true_many: arrays of different shapes {[x.shape for x in xs]}")
+  ndim = xs[0].ndim
+  rest = tuple(range(batch, ndim))
+
+  def add(a, b):
+    return tuple(ai + bi for ai, bi in zip(a, b, strict=True))
+
+  def reduce(ops, dtype, dims):
+    if not fused:
+      return [jnp.sum(o, axis=dims, dtype=dtype) for o in ops]
+    zeros = tuple(jnp.zeros((), dtype) for _ in ops)
+    return lax.reduce(tuple(o.astype(dtype) for o in ops), zeros, add, dims)
+
+  if _narrow(xs[0], batch):
+    rows = reduce(xs, jnp.uint16, (ndim - 1,))
+    return jnp.stack(reduce(rows, jnp.int32, rest[:-1]))
+  return jnp.stack(reduce(xs, jnp.int32, rest))
 
 
 def count_true_many(xs: Sequence[jax.Array]) -> jax.Array:
@@ -166,28 +201,7 @@ def count_true_many(xs: Sequence[jax.Array]) -> jax.Array:
   all-gathers the partial counts (uint16 per row and shard, or int32 per shard) instead of
   all-reducing them; the arrays themselves are never moved.
   """
-  xs = list(xs)
-  if len({x.shape for x in xs}) > 1:
-    raise ValueError(f"count_true_many: arrays of different shapes {[x.shape for x in xs]}")
-
-  def add(a, b):
-    return tuple(ai + bi for ai, bi in zip(a, b, strict=True))
-
-  def reduce(ops, dtype, dims):
-    zeros = tuple(jnp.zeros((), dtype) for _ in ops)
-    return lax.reduce(tuple(o.astype(dtype) for o in ops), zeros, add, dims)
-
-  ndim = xs[0].ndim
-  if _narrow(xs[0]):
-    rows = reduce(xs, jnp.uint16, (ndim - 1,))
-    return jnp.stack(reduce(rows, jnp.int32, tuple(range(ndim - 1))))
-  return jnp.stack(reduce(xs, jnp.int32, tuple(range(ndim))))
-
-
-def _counts(xs: Sequence[jax.Array], fused: bool) -> jax.Array:
-  """[P] int32 counts of ``xs``: one fused reduction, or P plain scalar counts (all-reduce only
-  under sharding)."""
-  return count_true_many(xs) if fused else jnp.stack([count_true(x) for x in xs])
+  return _sum_true(xs, batch=0, fused=True)
 
 
 def default_radix_bits() -> int:
@@ -200,6 +214,81 @@ def default_radix_bits() -> int:
   and the variadic form has not been measured there.
   """
   return 2 if jax.default_backend() == "cpu" else 1
+
+
+class _Block(NamedTuple):
+  """Keys searched together: one leaf ([...], ``members`` of length 1) or a stack of
+  same-shaped leaves ([P, ...]). ``groups``: each member's group."""
+
+  keys: jax.Array
+  members: tuple[int, ...]
+  groups: tuple[int, ...]
+
+  @property
+  def batch(self) -> int:
+    """Leading member axes: 0 for a single leaf (its program is that of an unstacked search),
+    1 for a stack."""
+    return int(len(self.members) > 1)
+
+  def of_members(self, v: jax.Array) -> jax.Array:
+    """The per-group vector ``v`` ([G]) at each member's group: [] or [P]."""
+    if not self.batch:
+      return v[self.groups[0]]
+    if len(set(self.groups)) == 1:
+      return jnp.broadcast_to(v[self.groups[0]], (len(self.groups),))
+    return v[np.asarray(self.groups)]
+
+  def view(self, x: jax.Array) -> jax.Array:
+    """Per-member values ([] or [P]) broadcastable against the keys."""
+    return x.reshape(x.shape + (1,) * (self.keys.ndim - self.batch))
+
+  def count(self, xs: Sequence[jax.Array], fused: bool) -> jax.Array:
+    """[len(xs)] or [len(xs), P] int32: True entries per member of each bool array of the
+    keys' shape (see `_sum_true`)."""
+    return _sum_true(xs, batch=self.batch, fused=fused)
+
+  def add_to(self, total: jax.Array, x: jax.Array) -> jax.Array:
+    """``total`` ([G, ...]) plus each member's ``x`` ([...] or [P, ...]) in its group's row."""
+    if not self.batch:
+      return total.at[self.groups[0]].add(x)
+    if len(set(self.groups)) == 1:
+      return total.at[self.groups[0]].add(jnp.sum(x, axis=0))
+    return total.at[np.asarray(self.groups)].add(x)
+
+  def index(self) -> jax.Array:
+    """int32 of the keys' shape: each member's own row-major flat index."""
+    shape = self.keys.shape
+    idx = jnp.zeros(shape, jnp.int32)
+    stride = 1
+    for dim in reversed(range(self.batch, len(shape))):
+      idx = idx + lax.broadcasted_iota(jnp.int32, shape, dim) * stride
+      stride *= shape[dim]
+    return idx
+
+  def member(self, x: jax.Array, p: int) -> jax.Array:
+    """Member p's part of an array of the keys' shape."""
+    return x[p] if self.batch else x
+
+
+def _search_blocks(blocks: Sequence[_Block], k: jax.Array, bits: int) -> jax.Array:
+  """[G] uint32: the k-th largest key per group over blocks of keys (`kth_largest_key`).
+
+  One loop for all blocks: a pass counts each block's candidates in one reduction (keeping a
+  stack's member axis), so its kernels scale with the number of blocks, not of matrices.
+  """
+  n_groups, n_cand = k.shape[0], 2**bits - 1
+
+  def body(i, t):
+    shift = (32 - bits * (i + 1)).astype(jnp.uint32)
+    cand = [t | (jnp.uint32(j) << shift) for j in range(1, n_cand + 1)]  # each [G]
+    counts = jnp.zeros((n_groups, n_cand), jnp.int32)
+    for blk in blocks:
+      got = blk.count([blk.keys >= blk.view(blk.of_members(c)) for c in cand], fused=bits > 1)
+      counts = blk.add_to(counts, got.T)  # [n_cand] or [P, n_cand] per member
+    digit = jnp.sum(counts >= k[:, None], axis=1, dtype=jnp.uint32)
+    return t | (digit << shift)
+
+  return lax.fori_loop(0, 32 // bits, body, jnp.zeros(k.shape, jnp.uint32))
 
 
 def kth_largest_key(
@@ -223,122 +312,150 @@ def kth_largest_key(
   Returns:
     [G] (or []) uint32: the largest t with ``count(keys >= t) >= k`` (0xFFFFFFFF when k == 0).
   """
-  bits = default_radix_bits() if bits is None else int(bits)
-  if bits not in (1, 2, 4):
-    raise ValueError(f"kth_largest_key: bits={bits} must be 1, 2 or 4")
+  bits = _check_bits(bits)
   k = jnp.asarray(k, jnp.int32)
   scalar = k.ndim == 0
   k = jnp.atleast_1d(k)
   group_of = [0] * len(keys) if group_of is None else list(group_of)
-  n_groups, n_cand = k.shape[0], 2**bits - 1
-
-  def body(i, t):
-    shift = (32 - bits * (i + 1)).astype(jnp.uint32)
-    cand = [t | (jnp.uint32(j) << shift) for j in range(1, n_cand + 1)]  # each [G]
-    counts = jnp.zeros((n_groups, n_cand), jnp.int32)
-    for a, g in zip(keys, group_of, strict=True):
-      counts = counts.at[g].add(_counts([a >= c[g] for c in cand], fused=bits > 1))
-    digit = jnp.sum(counts >= k[:, None], axis=1, dtype=jnp.uint32)
-    return t | (digit << shift)
-
-  t = lax.fori_loop(0, 32 // bits, body, jnp.zeros(k.shape, jnp.uint32))
+  blocks = [_Block(a, (i,), (g,)) for i, (a, g) in enumerate(zip(keys, group_of, strict=True))]
+  t = _search_blocks(blocks, k, bits)
   return t[0] if scalar else t
 
 
-def _flat_index(shape: tuple[int, ...]) -> jax.Array:
-  """Row-major flat index of every element as int32, built from iotas (shards like its array)."""
-  idx = jnp.zeros(shape, jnp.int32)
-  stride = 1
-  for dim in reversed(range(len(shape))):
-    idx = idx + lax.broadcasted_iota(jnp.int32, shape, dim) * stride
-    stride *= shape[dim]
-  return idx
+def _check_bits(bits: int | None) -> int:
+  bits = default_radix_bits() if bits is None else int(bits)
+  if bits not in (1, 2, 4):
+    raise ValueError(f"kth_largest_key: bits={bits} must be 1, 2 or 4")
+  return bits
 
 
-def _last_kept_tie(eq: jax.Array, take: jax.Array) -> jax.Array:
-  """[] int32: the largest row-major index J of ``eq``'s array with ``count(eq & idx < J) < take``.
+def _kept_ties(blk: _Block, t: jax.Array, take: jax.Array, partial: jax.Array) -> jax.Array:
+  """bool of the keys' shape: the ties ``keys == t`` that each member keeps, the first
+  ``take`` ([] or [P]) in its row-major order.
 
-  The take-th True of ``eq`` (in row-major order) sits at J, so ``eq & idx <= J`` keeps exactly
-  ``take`` of them. A bisection over the index: ceil(log2(size)) passes over this one array.
+  Where no member keeps only some of its ties (``partial`` False, the usual case) that is all
+  or none of them. Otherwise a bisection over the member-local row-major index finds, per
+  member, the largest J with ``count(eq & idx < J) < take``: ``eq & idx <= J`` keeps exactly
+  ``take`` ties. It runs inside a cond, one per block, so an untied threshold costs no pass
+  (one cond for all blocks, tried first, made the masks of MiniLM's 36 matrices about 3x
+  slower on CPU).
   """
-  idx = _flat_index(eq.shape)
-  nbits = max(1, (int(eq.size) - 1).bit_length())
+  eq = blk.keys == blk.view(t)
+  idx = blk.index()
+  nbits = max(1, (int(np.prod(blk.keys.shape[blk.batch:])) - 1).bit_length())
 
-  def body(i, j):
-    cand = j | (jnp.int32(1) << (nbits - 1 - i))
-    return jnp.where(count_true(eq & (idx < cand)) < take, cand, j)
+  def first_take(eq, take):
+    def body(i, j):
+      cand = j | (jnp.int32(1) << (nbits - 1 - i))
+      n = blk.count([eq & (idx < blk.view(cand))], fused=False)[0]
+      return jnp.where(n < take, cand, j)
 
-  last = lax.fori_loop(0, nbits, body, jnp.int32(0))
-  return eq & (idx <= last)
+    last = lax.fori_loop(0, nbits, body, jnp.zeros(take.shape, jnp.int32))
+    return eq & (idx <= blk.view(last)) & blk.view(take > 0)
+
+  return lax.cond(partial, first_take, lambda eq, take: eq & blk.view(take > 0), eq, take)
+
+
+def _blocks_of(leaves: Sequence[jax.Array], stack_key: Sequence[Hashable] | None):
+  """Leaf indices per block, in leaf order: leaves with equal ``stack_key`` and shape share one
+  (None: one block per leaf)."""
+  if stack_key is None:
+    return [(i,) for i in range(len(leaves))]
+  blocks: dict[tuple, list[int]] = {}
+  for i, (a, key) in enumerate(zip(leaves, stack_key, strict=True)):
+    blocks.setdefault((key, tuple(a.shape)), []).append(i)
+  return [tuple(m) for m in blocks.values()]
 
 
 def topk_select_groups(
-  groups: Sequence[Sequence[jax.Array]], k: jax.Array
+  groups: Sequence[Sequence[jax.Array]], k: jax.Array,
+  stack_keys: Sequence[Sequence[Hashable]] | None = None,
 ) -> list[list[jax.Array]]:
   """Exact top-k per group of arrays (joint over each group), deterministic ties; no gradient.
 
   Group g gets exactly ``k[g]`` True entries. Every kept score is >= every dropped score of
   its group; among scores equal to the k-th largest, the first in (array order within the
   group, row-major index) order are kept. Local top-k over many matrices is one group per
-  matrix; global top-k is one group with all of them. No arrays are concatenated.
+  matrix; global top-k is one group with all of them.
+
+  With ``stack_keys``, arrays of one shape and one key (of any groups) are stacked into one
+  [P, ...] block, and each pass of the search counts a block in one reduction that keeps the
+  member axis: the number of kernels per pass is the number of blocks, not of matrices (the
+  search off CPU is otherwise bound by launching them). Stacking copies the keys once per call
+  (as many bytes as the scores); give differently sharded arrays different keys, or the stack
+  moves them between devices. Without, no arrays are concatenated. The masks are the same.
 
   Args:
     groups: G lists of float arrays (any shapes).
     k: [G] int32, traced is fine; clipped to [0, group size].
+    stack_keys: None, or hashables shaped like ``groups`` (one per array).
 
   Returns:
     G lists of bool arrays, same shapes as the inputs.
   """
-  leaves, group_of, sizes = [], [], []
+  leaves, group_of, sizes, keys_of = [], [], [], []
   for g, arrays in enumerate(groups):
     total = 0
-    for a in arrays:
-      leaves.append(lax.stop_gradient(a))
+    for j, a in enumerate(arrays):
+      leaves.append(ordered_key(lax.stop_gradient(a)))
       group_of.append(g)
+      keys_of.append(None if stack_keys is None else stack_keys[g][j])
       total += int(a.size)
     if total > _INT32_MAX:
       raise ValueError(f"top-k over {total} elements: at most 2**31 - 1 are supported")
     sizes.append(total)
   n_groups = len(groups)
-  keys = [ordered_key(a) for a in leaves]
+  blocks = []
+  for m in _blocks_of(leaves, None if stack_keys is None else keys_of):
+    keys = leaves[m[0]] if len(m) == 1 else jnp.stack([leaves[i] for i in m])
+    blocks.append(_Block(keys, m, tuple(group_of[i] for i in m)))
   k = jnp.clip(jnp.asarray(k, jnp.int32).reshape(n_groups), 0, jnp.asarray(sizes, jnp.int32))
-  t = kth_largest_key(keys, k, group_of)
-  # Per leaf, the entries above the threshold and those equal to it: in one pass where the
-  # search itself uses fused counts (CPU), in two plain scalar counts elsewhere.
+  t = _search_blocks(blocks, k, _check_bits(None))
+  # Per member, the entries above the threshold and those equal to it: in one pass where the
+  # search itself uses fused counts (CPU), in two plain counts elsewhere.
   fused = default_radix_bits() > 1
-  gt_eq = [_counts([a > t[g], a == t[g]], fused) for a, g in zip(keys, group_of, strict=True)]
-  n_gt = [jnp.int32(0)] * n_groups
-  for (n_gt_leaf, _), g in zip(gt_eq, group_of, strict=True):
-    n_gt[g] = n_gt[g] + n_gt_leaf
-  quota = k - jnp.stack(n_gt)  # how many ties at t each group keeps, 0 <= quota <= its ties
+  t_of = [blk.of_members(t) for blk in blocks]  # each [] or [P]
+  gt_eq = [blk.count([blk.keys > blk.view(tb), blk.keys == blk.view(tb)], fused)
+           for blk, tb in zip(blocks, t_of, strict=True)]  # each [2] or [2, P]
+  n_gt = jnp.zeros((n_groups,), jnp.int32)
+  n_eq = {}
+  for blk, c in zip(blocks, gt_eq, strict=True):
+    n_gt = blk.add_to(n_gt, c[0])
+    n_eq.update({i: blk.member(c[1], p) for p, i in enumerate(blk.members)})
+  quota = k - n_gt  # how many ties at t each group keeps, 0 <= quota <= its ties
   # The quota goes to the ties in leaf order: each leaf keeps all of its ties, none, or (at most
-  # one leaf per group) the first `take` in row-major order. Only that leaf pays for an index
-  # search, inside a cond, so a tied threshold costs passes over one matrix, not over all.
-  kept_ties = []
+  # one leaf per group) the first `take` in row-major order, found by an index bisection that
+  # runs only in a block that needs it: an untied threshold (the usual case) costs no pass.
   given = [jnp.int32(0)] * n_groups
-  for a, g, (_, n_eq) in zip(keys, group_of, gt_eq, strict=True):
-    eq = a == t[g]
-    take = jnp.clip(quota[g] - given[g], 0, n_eq)
-    given[g] = given[g] + n_eq
-    kept_ties.append(lax.cond((take > 0) & (take < n_eq), _last_kept_tie,
-                              lambda eq, take: eq & (take > 0), eq, take))
+  take = {}
+  for i, g in enumerate(group_of):
+    take[i] = jnp.clip(quota[g] - given[g], 0, n_eq[i])
+    given[g] = given[g] + n_eq[i]
   out: list[list[jax.Array]] = [[] for _ in groups]
-  for a, e, g in zip(keys, kept_ties, group_of, strict=True):
-    out[g].append((a > t[g]) | e)
-  return out
+  for blk, tb in zip(blocks, t_of, strict=True):
+    tk = jnp.stack([take[i] for i in blk.members]) if blk.batch else take[blk.members[0]]
+    partial = jnp.any(jnp.stack([(take[i] > 0) & (take[i] < n_eq[i]) for i in blk.members]))
+    kept = (blk.keys > blk.view(tb)) | _kept_ties(blk, tb, tk, partial)
+    for p, i in enumerate(blk.members):
+      out[group_of[i]].append((i, blk.member(kept, p)))
+  return [[x for _, x in sorted(g, key=lambda e: e[0])] for g in out]
 
 
-def topk_select(scores: Sequence[jax.Array], k: jax.Array) -> list[jax.Array]:
+def topk_select(
+  scores: Sequence[jax.Array], k: jax.Array, stack_keys: Sequence[Hashable] | None = None
+) -> list[jax.Array]:
   """Exact joint top-k over several arrays (one group); see `topk_select_groups`.
 
   Args:
     scores: float arrays (any shapes); their order is the tie-breaking leaf order.
     k: [] int32 (traced is fine), ``0 <= k <= total size``.
+    stack_keys: None, or one hashable per array (see `topk_select_groups`).
 
   Returns:
     bool arrays, one per input, exactly ``k`` True in total.
   """
-  return topk_select_groups([list(scores)], jnp.reshape(k, (1,)))[0]
+  keys = None if stack_keys is None else [list(stack_keys)]
+  return topk_select_groups([list(scores)], jnp.reshape(k, (1,)), keys)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,19 +502,24 @@ def topk_mask(scores: jax.Array, level: jax.typing.ArrayLike) -> jax.Array:
   return local_topk_masks([scores], level)[0]
 
 
-def global_topk_masks(scores: Sequence[jax.Array], level: jax.typing.ArrayLike) -> list[jax.Array]:
+def global_topk_masks(
+  scores: Sequence[jax.Array], level: jax.typing.ArrayLike,
+  stack_keys: Sequence[Hashable] | None = None,
+) -> list[jax.Array]:
   """Global top-k over all arrays together: ``floor(level * total)`` ones; straight-through.
 
   Args:
     scores: float32 arrays; their order is the tie-breaking order (callers pass sorted paths).
     level: [] keep fraction in [0, 1], may be traced.
+    stack_keys: None, or one hashable per array: same-shaped arrays with equal keys are
+      searched as one stacked block (`topk_select_groups`). The masks do not depend on it.
 
   Returns:
     float32 0/1 masks, one per input.
   """
   scores = list(scores)
   k = keep_count(level, sum(int(s.size) for s in scores))
-  hard = topk_select(scores, k)
+  hard = topk_select(scores, k, stack_keys)
   return [straight_through(s, h.astype(jnp.float32)) for s, h in zip(scores, hard, strict=True)]
 
 
@@ -408,15 +530,20 @@ def _use_shared_loop(shared_loop: bool | None) -> bool:
   return jax.default_backend() != "cpu" if shared_loop is None else shared_loop
 
 
-def _local_select(arrays: list[jax.Array], level, shared_loop: bool | None) -> list[jax.Array]:
+def _local_select(
+  arrays: list[jax.Array], level, shared_loop: bool | None,
+  stack_keys: Sequence[Hashable] | None = None,
+) -> list[jax.Array]:
   ks = [keep_count(level, int(a.size)) for a in arrays]
-  if _use_shared_loop(shared_loop):
-    return [h[0] for h in topk_select_groups([[a] for a in arrays], jnp.stack(ks))]
+  if stack_keys is not None or _use_shared_loop(shared_loop):
+    keys = None if stack_keys is None else [[key] for key in stack_keys]
+    return [h[0] for h in topk_select_groups([[a] for a in arrays], jnp.stack(ks), keys)]
   return [topk_select([a], k)[0] for a, k in zip(arrays, ks, strict=True)]
 
 
 def local_topk_masks(
-  scores: Sequence[jax.Array], level: jax.typing.ArrayLike, shared_loop: bool | None = None
+  scores: Sequence[jax.Array], level: jax.typing.ArrayLike, shared_loop: bool | None = None,
+  stack_keys: Sequence[Hashable] | None = None,
 ) -> list[jax.Array]:
   """`topk_mask` for each array; straight-through.
 
@@ -425,12 +552,15 @@ def local_topk_masks(
     level: [] keep fraction in [0, 1], may be traced.
     shared_loop: search all matrices in one loop (True) or one loop each (False); None picks
       by backend (shared on GPU/TPU, separate on CPU). The masks are identical either way.
+    stack_keys: None, or one hashable per array: same-shaped arrays with equal keys are
+      searched as one stacked block in the shared loop (`topk_select_groups`; implies
+      ``shared_loop``). The masks do not depend on it.
 
   Returns:
     float32 0/1 masks, ``keep_count(level, size)`` ones in each.
   """
   scores = list(scores)
-  hard = _local_select(scores, level, shared_loop)
+  hard = _local_select(scores, level, shared_loop, stack_keys)
   return [straight_through(s, h.astype(jnp.float32)) for s, h in zip(scores, hard, strict=True)]
 
 
@@ -484,7 +614,8 @@ def magnitude_mask(weights: jax.Array, level: jax.typing.ArrayLike) -> jax.Array
 
 
 def local_magnitude_masks(
-  weights: Sequence[jax.Array], level: jax.typing.ArrayLike, shared_loop: bool | None = None
+  weights: Sequence[jax.Array], level: jax.typing.ArrayLike, shared_loop: bool | None = None,
+  stack_keys: Sequence[Hashable] | None = None,
 ) -> list[jax.Array]:
   """`magnitude_mask` for each array; constants (stop_gradient).
 
@@ -492,29 +623,32 @@ def local_magnitude_masks(
     weights: float arrays, any shapes.
     level: [] keep fraction in [0, 1], may be traced.
     shared_loop: as in `local_topk_masks`.
+    stack_keys: as in `local_topk_masks`.
 
   Returns:
     float32 0/1 masks, ``keep_count(level, size)`` ones in each.
   """
   mags = [jnp.abs(lax.stop_gradient(w)) for w in weights]
-  return [h.astype(jnp.float32) for h in _local_select(mags, level, shared_loop)]
+  return [h.astype(jnp.float32) for h in _local_select(mags, level, shared_loop, stack_keys)]
 
 
 def global_magnitude_masks(
-  weights: Sequence[jax.Array], level: jax.typing.ArrayLike
+  weights: Sequence[jax.Array], level: jax.typing.ArrayLike,
+  stack_keys: Sequence[Hashable] | None = None,
 ) -> list[jax.Array]:
   """Top-k of ``|W|`` over all arrays together; constants (stop_gradient).
 
   Args:
     weights: float arrays; their order is the tie-breaking order.
     level: [] keep fraction in [0, 1], may be traced.
+    stack_keys: as in `global_topk_masks`.
 
   Returns:
     float32 0/1 masks, one per input.
   """
   mags = [jnp.abs(lax.stop_gradient(w)) for w in weights]
   k = keep_count(level, sum(int(w.size) for w in mags))
-  return [h.astype(jnp.float32) for h in topk_select(mags, k)]
+  return [h.astype(jnp.float32) for h in topk_select(mags, k, stack_keys)]
 
 
 def l0_mask(scores: jax.Array, rng: jax.Array | None = None) -> jax.Array:

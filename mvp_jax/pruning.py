@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -83,6 +84,14 @@ class PruningSpec:
     score_scale: see score_init. Paper runs: 0.0 (topk, sigmoid_threshold), 2.197 (l0).
     min_retention: sigmoid_threshold keeps at least int(min_retention * size) + 1 entries per
       matrix; 0 disables the rule.
+    stack_search: topk and magnitude: search the thresholds of same-shaped matrices whose
+      paths differ only in numbers (the same kernel in every layer) as one stacked block, so
+      that a pass of the search is one reduction per block instead of one per matrix (fewer,
+      larger kernels: for GPU/TPU, where the per-matrix search is launch-bound). The masks
+      are identical; the scores are copied into the stacks once per step. Off by default: on
+      CPU it is slower (benchmarks/masks.py), and its gain on an accelerator is not yet
+      measured. Partition rules must not tell layers apart (the stack would move scores
+      between devices); the shipped rules do not.
   """
 
   method: str = "topk"
@@ -92,6 +101,7 @@ class PruningSpec:
   score_init: str = "constant"
   score_scale: float = 0.0
   min_retention: float = 0.005
+  stack_search: bool = False
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -117,6 +127,8 @@ class PruningSpec:
     if not 0.0 <= float(self.min_retention) < 1.0:
       raise ValueError(f"PruningSpec.min_retention={self.min_retention!r} must be in [0, 1)")
     object.__setattr__(self, "min_retention", float(self.min_retention))
+    if not isinstance(self.stack_search, bool):
+      raise ValueError(f"PruningSpec.stack_search={self.stack_search!r} must be True or False")
 
   @property
   def uses_scores(self) -> bool:
@@ -308,23 +320,33 @@ def _check_level(level: Any, spec: PruningSpec) -> None:
     raise ValueError(f"level={value} must be finite")
 
 
+def stack_keys(paths: Sequence[str]) -> list[str]:
+  """The stacking key of each path for `PruningSpec.stack_search`: the path with every run of
+  digits replaced by '#', so that one kernel's copies in all layers share a key
+  ('encoder/layer/#/attention/self/query/kernel')."""
+  return [re.sub(r"\d+", "#", p) for p in paths]
+
+
 def _flat_masks(
   paths: tuple[str, ...], weights: list[jax.Array], scores: dict[str, jax.Array], level,
   spec: PruningSpec, rng: jax.Array | None
 ) -> dict[str, jax.Array]:
   """{path: float32 mask} for the selected leaves (``paths`` sorted; ``weights`` in that order,
   read by magnitude only)."""
+  keys = stack_keys(paths) if spec.stack_search else None
   if spec.method == "magnitude":
     if spec.scope == "global":
-      return dict(zip(paths, masks_lib.global_magnitude_masks(weights, level), strict=True))
-    return dict(zip(paths, masks_lib.local_magnitude_masks(weights, level), strict=True))
+      got = masks_lib.global_magnitude_masks(weights, level, stack_keys=keys)
+    else:
+      got = masks_lib.local_magnitude_masks(weights, level, stack_keys=keys)
+    return dict(zip(paths, got, strict=True))
   if spec.method == "topk":
+    ranked = [scores[p] for p in paths]
     if spec.scope == "global":
-      got = masks_lib.global_topk_masks([scores[p] for p in paths], level)
-      return dict(zip(paths, got, strict=True))
-    return dict(
-      zip(paths, masks_lib.local_topk_masks([scores[p] for p in paths], level), strict=True)
-    )
+      got = masks_lib.global_topk_masks(ranked, level, stack_keys=keys)
+    else:
+      got = masks_lib.local_topk_masks(ranked, level, stack_keys=keys)
+    return dict(zip(paths, got, strict=True))
   if spec.method == "sigmoid_threshold":
     return {
       p: masks_lib.sigmoid_threshold_mask(scores[p], level, spec.min_retention) for p in paths

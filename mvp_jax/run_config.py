@@ -22,6 +22,7 @@ MESH_RULES = ("data_parallel", "tensor_parallel")
 
 # Fields that may differ when a run is resumed: they do not change what is computed.
 RESUMABLE_FIELDS = (
+  "pruning.stack_search",
   "train.eval_every_steps",
   "train.log_every_steps",
   "train.log_mask_churn",
@@ -67,6 +68,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
           "when final_lambda > 0", "Use the reference's 0.1.")
   if p.initial_warmup < 0 or p.final_warmup < 0:
     _fail("pruning.initial_warmup", "warm-ups must be >= 0", "Use whole multiples of warmup_steps.")
+  if not isinstance(p.get("stack_search", False), bool):
+    _fail("pruning.stack_search", f"{p.stack_search!r} is not a boolean", "Use True or False.")
   if p.score_init not in ("constant", "uniform", "kaiming"):
     _fail("pruning.score_init", f"unknown init {p.score_init!r}",
           "Use 'constant', 'uniform' or 'kaiming'.")
@@ -169,7 +172,8 @@ def pruning_spec(config: ml_collections.ConfigDict) -> pruning.PruningSpec | Non
     return None
   return pruning.PruningSpec(method=p.method, scope=p.scope, include=tuple(p.include),
                              exclude=tuple(p.exclude), score_init=p.score_init,
-                             score_scale=float(p.score_scale))
+                             score_scale=float(p.score_scale),
+                             stack_search=bool(p.get("stack_search", False)))
 
 
 def eval_level(config: ml_collections.ConfigDict) -> float:

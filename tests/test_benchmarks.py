@@ -243,9 +243,11 @@ def test_masks_benchmark_runs_and_renders(masks_bench, report, tmp_path):
     for scope in ("local", "global"):
       assert row[f"ours_{scope}_s"] > 0 and row[f"sort_over_ours_{scope}"] > 0
       assert row[f"{alt}bit_over_ours_{scope}"] > 0
+      assert row[f"stacked_over_ours_{scope}"] > 0
   assert res["train_step"][f"masked_{alt}bit_over_dense"] > 0
   text = report.render_masks(res)
   assert f"{alt}-bit local ms" in text and "sort / ours (global)" in text
+  assert "stacked / ours (local)" in text and "`pruning.stack_search`" in text
 
 
 def test_masks_block_renders_an_accelerator_run(report):

@@ -186,6 +186,95 @@ def test_magnitude_matches_oracle(arrays, level, scope):
       _check_topk([m], [_magnitude(w, level)], oracle_keep_count(level, m.size))
 
 
+# Repeated shapes, interleaved: stacks gather leaves that are not neighbours in leaf order.
+STACK_SETS = [
+  [(3, 5), (1,), (3, 5), (3, 5)],
+  [(9, 7), (4, 1), (9, 7), (4, 1), (9, 7)],
+  [(2, 3, 4), (2, 3, 4)],
+  [(1, 1), (1, 1), (1, 1)],
+]
+
+
+def _stacked_fns(keys):
+  keys = tuple(keys)
+  return (
+    jax.jit(lambda ss, lv: masks.local_topk_masks(ss, lv, stack_keys=keys)),
+    jax.jit(lambda ss, lv: masks.global_topk_masks(ss, lv, stack_keys=keys)),
+    jax.jit(lambda ws, lv: masks.local_magnitude_masks(ws, lv, stack_keys=keys)),
+    jax.jit(lambda ws, lv: masks.global_magnitude_masks(ws, lv, stack_keys=keys)),
+  )
+
+
+_STACKED = {}
+
+
+@given(arrays=score_arrays(STACK_SETS), level=levels, split=st.booleans())
+@SETTINGS
+def test_stacked_search_matches_oracle(arrays, level, split):
+  # One key for all (every same-shaped leaf in one stack) or two alternating keys (two stacks
+  # per shape, members interleaved): the masks are the oracle's, tie order included.
+  keys = ["a" if i % 2 or not split else "b" for i in range(len(arrays))]
+  shapes = tuple(a.shape for a in arrays)
+  fns = _STACKED.setdefault((shapes, tuple(keys)), _stacked_fns(keys))
+  local, glob, local_mag, global_mag = (f([jnp.asarray(a) for a in arrays], level) for f in fns)
+  for a, m in zip(arrays, local, strict=True):
+    _check_topk([a], [m], oracle_keep_count(level, a.size))
+  total = sum(a.size for a in arrays)
+  _check_topk(arrays, glob, oracle_keep_count(level, total))
+  mags = [np.abs(a) for a in arrays]
+  for a, m in zip(mags, local_mag, strict=True):
+    _check_topk([a], [m], oracle_keep_count(level, a.size))
+  _check_topk(mags, global_mag, oracle_keep_count(level, total))
+
+
+def _sub_jaxprs(eqn):
+  for v in eqn.params.values():
+    for x in v if isinstance(v, tuple | list) else (v,):
+      if isinstance(x, jax.extend.core.ClosedJaxpr):
+        yield x.jaxpr
+      elif isinstance(x, jax.extend.core.Jaxpr):
+        yield x
+
+
+def _first_loop(jaxpr):
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in ("scan", "while"):
+      return eqn
+    for sub in _sub_jaxprs(eqn):
+      if (found := _first_loop(sub)) is not None:
+        return found
+  return None
+
+
+def _count_reductions(jaxpr, size: int) -> int:
+  n = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in ("reduce", "reduce_sum") and eqn.invars[0].aval.size >= size:
+      n += 1
+    n += sum(_count_reductions(sub, size) for sub in _sub_jaxprs(eqn))
+  return n
+
+
+def _search_reductions(fn, ss) -> int:
+  """Reductions that read whole matrices or stacks of them (not the per-row partial counts) in
+  one pass of the threshold search (the body of the program's first loop)."""
+  loop = _first_loop(jax.make_jaxpr(fn)(ss).jaxpr)
+  return sum(_count_reductions(sub, min(s.size for s in ss)) for sub in _sub_jaxprs(loop))
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+def test_stacked_search_counts_each_block_once_per_pass(bits, monkeypatch):
+  # The point of stacking: a pass of the search reduces each block once (a variadic reduce
+  # for two bits), not each matrix. 12 matrices of two shapes, keyed by kind as
+  # `pruning.stack_keys` keys six layers: 2 blocks, against 12 without stacking.
+  monkeypatch.setattr(masks, "default_radix_bits", lambda: bits)
+  ss = [jnp.ones(s) for s in [(8, 16), (16, 8)] * 6]
+  kinds = ["up", "down"] * 6
+  assert _search_reductions(lambda s: masks.local_topk_masks(s, 0.1, stack_keys=kinds), ss) == 2
+  assert _search_reductions(lambda s: masks.global_topk_masks(s, 0.1, stack_keys=kinds), ss) == 2
+  assert _search_reductions(lambda s: masks.local_topk_masks(s, 0.1, shared_loop=True), ss) == 12
+
+
 def test_topk_large_ties_and_extremes():
   s = jnp.zeros((256, 3072))  # the constant-0 init: every score tied
   for level in (0.0, 0.1, 0.5, 1.0):

@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mvp_jax import masks, pruning
+from mvp_jax import masks, pruning, sharding
 
 COLLECTIVES = r"\b(all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter)"
 
@@ -160,3 +160,48 @@ def test_apply_masks_on_sharded_tree(mesh):
     lambda p, s: pruning.apply_masks(p, s, 0.25, spec), shard(params), shard(scores)
   )
   assert {dtype for dtype, _ in ops} <= {"u16", "s32"}, ops
+
+
+def _tensor_parallel_bert(layers: int = 3):
+  """Params shaped like a BERT encoder's six kernels per layer (hidden 16, FFN 32)."""
+  names = ["attention/self/query", "attention/self/key", "attention/self/value",
+           "attention/output/dense", "intermediate/dense", "output/dense"]
+  shapes = [(16, 16)] * 4 + [(16, 32), (32, 16)]
+  params, rng = {}, jax.random.PRNGKey(0)
+  for i in range(layers):
+    for name, shape in zip(names, shapes, strict=True):
+      rng, key = jax.random.split(rng)
+      node = params.setdefault("encoder", {}).setdefault("layer", {}).setdefault(str(i), {})
+      for part in name.split("/"):
+        node = node.setdefault(part, {})
+      node["kernel"] = jax.random.normal(key, shape)
+  return params
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_stacked_search_under_tensor_parallel_rules(mesh, scope):
+  # pruning.stack_keys stacks each kernel's copies across layers; under the Megatron rules
+  # those share a sharding, so the stacked search moves only counts, as the unstacked one does,
+  # and the masks are the same.
+  params = _tensor_parallel_bert()
+  base = pruning.PruningSpec(scope=scope, score_init="uniform", score_scale=1.0)
+  stacked = pruning.PruningSpec(scope=scope, score_init="uniform", score_scale=1.0,
+                                stack_search=True)
+  scores = pruning.init_scores(params, base, jax.random.PRNGKey(1))
+  put = lambda t: jax.device_put(  # noqa: E731
+    t, sharding.tree_shardings(t, mesh, sharding.BERT_TENSOR_PARALLEL_RULES)
+  )
+  params, scores = put(params), put(scores)
+  f = jax.jit(pruning.compute_masks, static_argnums=3)
+  want, got = f(params, scores, 0.2, base), f(params, scores, 0.2, stacked)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()),
+                                   got, want))
+  ops = _collective_operands(lambda p, s: pruning.compute_masks(p, s, 0.2, stacked),
+                             params, scores)
+  assert {dtype for dtype, _ in ops} <= {"u16", "s32"}, ops
+  # The check can fail: one stack for all same-shaped matrices mixes column- and row-split
+  # kernels, and the partitioner moves scores (or their keys) between devices to build it.
+  mixed = _collective_operands(
+    lambda ss: masks.local_topk_masks(ss, 0.2, stack_keys=["all"] * len(ss)),
+    jax.tree.leaves(scores))
+  assert {dtype for dtype, _ in mixed} - {"u16", "s32"}, mixed

@@ -89,6 +89,7 @@ def test_spec_is_hashable_and_normalised():
     ({"include": ()}, r"include is empty"),
     ({"score_scale": float("nan")}, r"score_scale"),
     ({"min_retention": 1.5}, r"min_retention"),
+    ({"stack_search": "yes"}, r"stack_search='yes'"),
   ],
 )
 def test_spec_rejects_bad_values(kwargs, match):
@@ -179,11 +180,14 @@ def test_bad_level_for_sigmoid():
 # Masks on trees
 
 
+@pytest.mark.parametrize("stack", [False, True])
 @pytest.mark.parametrize("scope", ["local", "global"])
 @pytest.mark.parametrize("method", ["topk", "magnitude"])
-def test_apply_masks_matches_oracle(method, scope):
-  params = random_tree(seed=1)
-  spec = pruning.PruningSpec(method=method, scope=scope, score_init="uniform", score_scale=1.0)
+def test_apply_masks_matches_oracle(method, scope, stack):
+  # Three layers, so that stack_search puts each kernel's three copies in one stack.
+  params = random_tree(seed=1, layers=3)
+  spec = pruning.PruningSpec(method=method, scope=scope, score_init="uniform", score_scale=1.0,
+                             stack_search=stack)
   scores = pruning.init_scores(params, spec, jax.random.PRNGKey(1))
   level = 0.37
   masked = jax.jit(pruning.apply_masks, static_argnums=3)(params, scores, level, spec)
@@ -386,6 +390,14 @@ def test_remaining_weights_bert_base_paper_rule(level, paper_pct):
   kept_kernels = 12 * (4 * int(level * 768 * 768) + 2 * int(level * 768 * 3072))
   assert out["kept"] == kept_kernels + 82_944 + 36_864
   assert out["plain"] == pytest.approx(kept_kernels / 84_934_656)
+
+
+def test_stack_keys_join_one_kernel_across_layers():
+  paths = pruning.select_paths(bert_tree(layers=12), pruning.PruningSpec())
+  keys = pruning.stack_keys(paths)
+  assert len(set(keys)) == 6  # the six kernels, each over its 12 layers
+  assert "bert/encoder/layer/#/attention/self/query/kernel" in keys
+  assert len({k for k, p in zip(keys, paths, strict=True) if "/11/" in p}) == 6
 
 
 def test_regex_anchor_semantics_are_search():

@@ -163,6 +163,27 @@ def test_tensor_parallel_mesh_and_accumulation_match_data_parallel(tiny_dir, tmp
   assert acc["remaining_weights_plain"] == one["remaining_weights_plain"]
 
 
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_stacked_search_trains_the_same_run(tiny_dir, tmp_path, scope):
+  # pruning.stack_search changes how the thresholds are searched, not the masks: under the
+  # tensor-parallel rules (each kernel's stack has one sharding) the run is the same.
+  over = {"train.max_steps": 4, "train.eval_every_steps": 0, "mesh.shape": (4, 2),
+          "mesh.rules": "tensor_parallel", "pruning.scope": scope}
+  runs = {}
+  for stack in (False, True):
+    c = tiny_config(tiny_dir, **over, **{"pruning.stack_search": stack})
+    runs[stack] = trainer.train_and_evaluate(c, tmp_path / str(stack))
+    rows = [r for r in read_metrics(tmp_path / str(stack)) if "train/loss" in r]
+    runs[stack]["rows"] = rows
+  plain, stacked = runs[False], runs[True]
+  for key in ("train/level", "train/mask_churn"):
+    assert [r[key] for r in stacked["rows"]] == [r[key] for r in plain["rows"]], key
+  np.testing.assert_allclose([r["train/loss"] for r in stacked["rows"]],
+                             [r["train/loss"] for r in plain["rows"]], rtol=1e-5)
+  assert stacked["remaining_weights_plain"] == plain["remaining_weights_plain"]
+  assert stacked["metrics"] == pytest.approx(plain["metrics"])
+
+
 def test_mesh_that_does_not_divide_the_batch_is_a_user_error(tiny_dir, tmp_path):
   c = tiny_config(tiny_dir, **{"train.batch_size": 12})
   with pytest.raises(UserError, match="train.batch_size.*12"):
