@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
-import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import step as step_bench  # noqa: E402
+
 from mvp_jax import masks, pruning  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "masks.json"
@@ -229,16 +229,8 @@ def main(argv=None) -> None:
     ]
     step = dict(layers=6, hidden=384, ffn=1536, batch=32, seq=64)
   result = {
-    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    **step_bench.environment(),  # date, machine (CPU model, usable cores), versions, device
     "jax": jax.__version__,
-    "backend": jax.default_backend(),
-    "device": str(jax.devices()[0].device_kind),
-    "device_count": jax.device_count(),
-    "machine": {
-      "platform": platform.platform(),
-      "processor": platform.processor(),
-      "cpu_count": os.cpu_count(),
-    },
     "quick": args.quick,
     "repeats": repeats,
     "threshold": [],

@@ -248,6 +248,7 @@ def test_masks_benchmark_runs_and_renders(masks_bench, report, tmp_path):
   text = report.render_masks(res)
   assert f"{alt}-bit local ms" in text and "sort / ours (global)" in text
   assert "stacked / ours (local)" in text and "`pruning.stack_search`" in text
+  assert res["machine"]["cpu_model"] and "unrecorded" not in text  # the machine is named
 
 
 def test_masks_block_renders_an_accelerator_run(report):
