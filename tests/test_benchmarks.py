@@ -499,3 +499,33 @@ def test_checkpoint_analyses_run_end_to_end_on_a_tiny_topk_run(tmp_path, structu
   assert full["accuracy"]["unmasked"] == pytest.approx(row["spare_bottom_layers"][-1]["metric"])
   assert set(full["margins"]) == {"unmasked", "masked", "random_mask"}
   assert sum(k.startswith("only_layer") for k in full["accuracy"]) == 2
+
+
+def test_run_dynamics_medians_per_window(tmp_path):
+  dyn = load_benchmark("run_dynamics")
+  rng = np.random.default_rng(0)
+  run = tmp_path / "run"
+  run.mkdir()
+  rows = []
+  for step in range(5, 101, 5):
+    rows.append({"step": step, "train/loss": 1.0, "train/grad_norm": float(rng.random()),
+                 "train/task_loss": float(rng.random()), "train/level": 1.0 - step / 200})
+    if step % 10 == 0:  # churn is logged on some steps only
+      rows[-1]["train/mask_churn"] = float(rng.random())
+    if step == 50:
+      rows.append({"step": 50, "eval/accuracy": 0.5})  # eval rows do not count
+  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  out = tmp_path / "d.json"
+  dyn.main([str(run), "--windows", "5-50,55-100,200-300", "--out", str(out)])
+  got = json.loads(out.read_text())["runs"][str(run)]
+  train = [r for r in rows if "train/loss" in r]
+  for window, (a, b) in zip(got, [(5, 50), (55, 100), (200, 300)], strict=True):
+    inside = [r for r in train if a <= r["step"] <= b]
+    assert window["n"] == len(inside)
+    for name, key in dyn.KEYS.items():
+      values = [r[key] for r in inside if key in r]
+      assert window[name] == (float(np.median(values)) if values else None), (name, window)
+  with pytest.raises(ValueError, match="start 9 is after end 3"):
+    dyn.parse_windows("9-3")
+  with pytest.raises(SystemExit):
+    dyn.main([str(tmp_path / "missing"), "--windows", "1-2", "--out", str(out)])
