@@ -4,8 +4,9 @@ Reads each workdir's ``metrics.jsonl`` (what `train.py` logs every ``train.log_e
 writes, per run and per window of steps, the median of the gradient norm (weights and scores
 together, before clipping), the mask churn (`pruning.mask_change` between the masks before and
 after an update at the step's level: the weights the scores re-rank, not those the schedule
-removes), the task loss and the keep level. Used to compare a run that collapses with one that
-does not (docs/results.md; the command that wrote dynamics_sst2_trec.json is listed there):
+removes), the task loss and the keep level; and the run's last logged evaluation. Used to
+compare a run that collapses with one that does not (docs/results.md, which lists the command
+that wrote dynamics_sst2_trec.json):
 
   python benchmarks/run_dynamics.py runs/probe/sst2-topk-0.1-s0 runs/probe/trec-topk-0.1-s0 \\
       --windows 55-100,105-125,130-150,155-250 --out benchmarks/results/dynamics.json
@@ -77,7 +78,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     path = workdir / "metrics.jsonl"
     if not path.is_file():
       ap.error(f"{path} does not exist: pass train.py workdirs")
-    runs[str(workdir)] = summarise(read_metrics(path), windows)
+    rows = read_metrics(path)
+    evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    runs[str(workdir)] = {
+      "windows": summarise(rows, windows),
+      "last_eval": ({"step": evals[-1]["step"],
+                     **{k: v for k, v in evals[-1].items() if k.startswith("eval/")}}
+                    if evals else None),
+    }
   record = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "medians_of": list(KEYS.values()), "runs": runs}
   args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -518,8 +518,9 @@ def test_run_dynamics_medians_per_window(tmp_path):
   out = tmp_path / "d.json"
   dyn.main([str(run), "--windows", "5-50,55-100,200-300", "--out", str(out)])
   got = json.loads(out.read_text())["runs"][str(run)]
+  assert got["last_eval"] == {"step": 50, "eval/accuracy": 0.5}
   train = [r for r in rows if "train/loss" in r]
-  for window, (a, b) in zip(got, [(5, 50), (55, 100), (200, 300)], strict=True):
+  for window, (a, b) in zip(got["windows"], [(5, 50), (55, 100), (200, 300)], strict=True):
     inside = [r for r in train if a <= r["step"] <= b]
     assert window["n"] == len(inside)
     for name, key in dyn.KEYS.items():
