@@ -341,10 +341,11 @@ def _kept_ties(blk: _Block, t: jax.Array, take: jax.Array, partial: jax.Array) -
   slower on CPU).
   """
   eq = blk.keys == blk.view(t)
-  idx = blk.index()
   nbits = max(1, (int(np.prod(blk.keys.shape[blk.batch:])) - 1).bit_length())
 
   def first_take(eq, take):
+    idx = blk.index()  # built inside the branch: an untied step never materialises it
+
     def body(i, j):
       cand = j | (jnp.int32(1) << (nbits - 1 - i))
       n = blk.count([eq & (idx < blk.view(cand))], fused=False)[0]
@@ -393,20 +394,20 @@ def topk_select_groups(
   Returns:
     G lists of bool arrays, same shapes as the inputs.
   """
-  leaves, group_of, sizes, keys_of = [], [], [], []
+  leaves, group_of, sizes = [], [], []
   for g, arrays in enumerate(groups):
     total = 0
-    for j, a in enumerate(arrays):
+    for a in arrays:
       leaves.append(ordered_key(lax.stop_gradient(a)))
       group_of.append(g)
-      keys_of.append(None if stack_keys is None else stack_keys[g][j])
       total += int(a.size)
     if total > _INT32_MAX:
       raise ValueError(f"top-k over {total} elements: at most 2**31 - 1 are supported")
     sizes.append(total)
   n_groups = len(groups)
   blocks = []
-  for m in _blocks_of(leaves, None if stack_keys is None else keys_of):
+  flat_keys = None if stack_keys is None else [key for keys in stack_keys for key in keys]
+  for m in _blocks_of(leaves, flat_keys):
     keys = leaves[m[0]] if len(m) == 1 else jnp.stack([leaves[i] for i in m])
     blocks.append(_Block(keys, m, tuple(group_of[i] for i in m)))
   k = jnp.clip(jnp.asarray(k, jnp.int32).reshape(n_groups), 0, jnp.asarray(sizes, jnp.int32))
