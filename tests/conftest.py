@@ -5,17 +5,23 @@ XLA's defaults).
 Both must be fixed before the JAX backend initialises, hence at import time here.
 """
 
+import atexit
 import os
 import pathlib
+import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# One compilation cache for the whole session, shared with the train.py subprocesses the tests
-# start: the tiny runs compile the same steps many times, and compiling dominates their cost.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mvp_jax_xla_cache_"))
+# One compilation cache for the whole session, shared with the pytest-xdist workers and the
+# train.py subprocesses the tests start (they inherit the variable): the tiny runs compile the
+# same steps many times, and compiling dominates their cost. The process that made the folder
+# removes it when it exits, so test runs do not leave caches behind in the temp dir.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mvp_jax_xla_cache_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 from tiny_bert import TEST_XLA_FLAGS  # noqa: E402
 
