@@ -530,3 +530,27 @@ def test_run_dynamics_medians_per_window(tmp_path):
     dyn.parse_windows("9-3")
   with pytest.raises(SystemExit):
     dyn.main([str(tmp_path / "missing"), "--windows", "1-2", "--out", str(out)])
+
+
+def test_trec_regrouped_keeps_questions_and_merges_classes(tmp_path, capsys):
+  """The files hold TREC's questions, split and order unchanged, with each question's coarse
+  class replaced by its group, and read back through data.source='files' as 2 or 3 classes."""
+  from mvp_jax.data.files import read_text_files
+  from mvp_jax.data.offline import TREC_LABELS, read_trec
+
+  tr = load_benchmark("trec_regrouped")
+  trec = read_trec()
+  for classes, names in [(2, ["ABBR+DESC+ENTY", "HUM+LOC+NUM"]),
+                         (3, ["ABBR+DESC+ENTY", "HUM", "LOC+NUM"])]:
+    out = tmp_path / str(classes)
+    tr.main([str(out), "--classes", str(classes)])
+    assert "4848 questions" in capsys.readouterr().out
+    train, dev, got_names = read_text_files(str(out / "train.csv"), str(out / "dev.csv"))
+    assert got_names == names
+    for got, want in zip((train, dev), trec, strict=True):
+      assert got.text_a == want.text_a
+      groups = [names.index(next(n for n in names if TREC_LABELS[y] in n.split("+")))
+                for y in want.labels]
+      assert got.labels == groups
+      assert sorted(set(groups)) == list(range(classes))
+    assert not list(out.glob("*.tmp"))
