@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from mvp_jax.data.examples import TextExamples  # noqa: E402
 from mvp_jax.data.offline import TREC_LABELS, read_trec  # noqa: E402
+from mvp_jax.run_io import write_atomic  # noqa: E402
 
 WHAT = "ABBR+DESC+ENTY"
 GROUPINGS = {  # number of classes -> coarse TREC class -> group name
@@ -45,15 +47,13 @@ def grouped_rows(examples: TextExamples, groups: dict[str, str]) -> list[tuple[s
   return [(t, groups[TREC_LABELS[y]]) for t, y in pairs]
 
 
-def write_csv(path: pathlib.Path, rows: Sequence[tuple[str, str]]) -> None:
-  """Writes ``text,label`` rows to ``path`` through a temporary file, so a stopped run leaves
-  no half-written file."""
-  tmp = path.with_name(path.name + ".tmp")
-  with tmp.open("w", newline="", encoding="utf-8") as f:
-    writer = csv.writer(f)
-    writer.writerow(["text", "label"])
-    writer.writerows(rows)
-  tmp.replace(path)
+def csv_text(rows: Sequence[tuple[str, str]]) -> str:
+  """``text,label`` rows as CSV, header first."""
+  buf = io.StringIO()
+  writer = csv.writer(buf)
+  writer.writerow(["text", "label"])
+  writer.writerows(rows)
+  return buf.getvalue()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   args.out.mkdir(parents=True, exist_ok=True)
   for name, part in zip(("train", "dev"), read_trec(), strict=True):
     rows = grouped_rows(part, groups)
-    write_csv(args.out / f"{name}.csv", rows)
+    write_atomic(args.out / f"{name}.csv", csv_text(rows))
     counts = {g: sum(r[1] == g for r in rows) for g in sorted(set(groups.values()))}
     print(f"{args.out / f'{name}.csv'}: {len(rows)} questions, {counts}")
 

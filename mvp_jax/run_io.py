@@ -1,4 +1,5 @@
-"""Reading a finished or interrupted run back from its workdir (for export and inspection).
+"""A run's files: writing them atomically, and reading a finished or interrupted run back from
+its workdir (for export and inspection).
 
 A run's workdir holds `config.json` (the resolved config), `labels.json` (task kind and label
 names) and `checkpoints/` (orbax). `load_run` rebuilds the model and returns the params and
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -50,6 +52,13 @@ class Run:
   step: int
   metrics: dict[str, float]
   remaining: dict[str, float]
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+  """Writes a file so that a reader sees the old or the new content, never a half."""
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  tmp.write_text(text)
+  os.replace(tmp, path)
 
 
 def _read_json(path: pathlib.Path, what: str) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from mvp_jax import (
   regularizers,
   report,
   run_config,
+  run_io,
   schedules,
   sharding,
 )
@@ -424,8 +425,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if main:
     # Written only now (issue 7): a run refused above (e.g. a checkpoint that does not fit) leaves
     # the workdir's config.json as it was.
-    _write_atomic(workdir / "config.json", run_config.to_json(config))
-    _write_atomic(workdir / "labels.json",
+    run_io.write_atomic(workdir / "config.json", run_config.to_json(config))
+    run_io.write_atomic(workdir / "labels.json",
                   json.dumps({"kind": task.kind, "label_names": list(task.label_names or [])}))
 
   total_micro = steps * accum
@@ -593,7 +594,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                tokenizer, workdir / "export", head=head,
                                metrics=eval_metrics, remaining=rem,
                                label_names=tuple(task.label_names or ()), masks=final_masks)
-    _write_atomic(results_path, json.dumps(results, indent=2, sort_keys=True))
+    run_io.write_atomic(results_path, json.dumps(results, indent=2, sort_keys=True))
   ckpt.close()
   return results
 
@@ -642,13 +643,6 @@ def _all_finite(params: PyTree, scores: PyTree) -> jax.Array:
 
 def _fmt(metrics: Mapping[str, float]) -> str:
   return ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes a file so that a reader sees the old or the new content, never a half."""
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 def summarize(results: Mapping[str, Any], workdir: str | os.PathLike) -> str:
