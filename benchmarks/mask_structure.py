@@ -269,19 +269,24 @@ def layer_attention(batch: dict, outs: dict[str, np.ndarray]) -> list[dict[str, 
   return [attention_focus(probs[i][:real], tokens) for i in sorted(probs)]
 
 
-def make_margins(run: run_io.Run, features, batch_size: int):
-  """margins(params) -> [N] logit[1] - logit[0] over every eval example, params already masked."""
+def make_logits(run: run_io.Run, features, batch_size: int):
+  """logits(params) -> [N, C] logits over every eval example, params already masked."""
   fwd = jax.jit(lambda p, b: trainer.eval_step(p, b, model=run.model))
 
-  def margins(params) -> np.ndarray:
+  def logits(params) -> np.ndarray:
     outs, weights = [], []
     for batch in batching.eval_batches(features, batch_size):
       outs.append(np.asarray(fwd(params, batch)))
       weights.append(np.asarray(batch["weights"]))
-    logits = batching.collect_eval(outs, weights)
-    return logits[:, 1] - logits[:, 0]
+    return batching.collect_eval(outs, weights)
 
-  return margins
+  return logits
+
+
+def make_margins(run: run_io.Run, features, batch_size: int):
+  """margins(params) -> [N] logit[1] - logit[0] over every eval example, params already masked."""
+  logits = make_logits(run, features, batch_size)
+  return lambda params: (lambda z: z[:, 1] - z[:, 0])(logits(params))
 
 
 def step_level(run: run_io.Run, level: float | None) -> float:

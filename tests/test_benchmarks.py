@@ -442,16 +442,27 @@ def test_token_cosine_against_pairwise_loop_and_one_for_identical_tokens(structu
       structure.token_cosine(centred, real))
 
 
-def test_checkpoint_analyses_run_end_to_end_on_a_tiny_topk_run(tmp_path, structure):
-  """mask_quality.py and mask_structure.py (full and --spread-only) on a real, tiny top-k run:
-  every field they write is there, and the probabilities and shares are what they claim."""
+@pytest.fixture(scope="module")
+def tiny_topk_run(tmp_path_factory):
+  """A real, tiny top-k run's workdir: 6 steps, checkpoints 2, 4 and 6 kept."""
   from tiny_bert import make_tiny_bert, tiny_config
 
-  from mvp_jax import run_io, trainer
+  from mvp_jax import trainer
 
-  run = tmp_path / "run"
-  trainer.train_and_evaluate(tiny_config(make_tiny_bert(tmp_path / "bert"), **{
+  tmp = tmp_path_factory.mktemp("tiny_topk")
+  run = tmp / "run"
+  trainer.train_and_evaluate(tiny_config(make_tiny_bert(tmp / "bert"), **{
       "train.max_steps": 6, "train.eval_every_steps": 0, "train.keep_checkpoints": 5}), run)
+  return run
+
+
+def test_checkpoint_analyses_run_end_to_end_on_a_tiny_topk_run(tmp_path, structure,
+                                                               tiny_topk_run):
+  """mask_quality.py and mask_structure.py (full and --spread-only) on a real, tiny top-k run:
+  every field they write is there, and the probabilities and shares are what they claim."""
+  from mvp_jax import run_io
+
+  run = tiny_topk_run
   quality = load_benchmark("mask_quality")
   quality.main([str(run), "--steps", "2,6", "--levels", "0.5", "--out", str(tmp_path / "q.json")])
   q = json.loads((tmp_path / "q.json").read_text())
@@ -499,6 +510,66 @@ def test_checkpoint_analyses_run_end_to_end_on_a_tiny_topk_run(tmp_path, structu
   assert full["accuracy"]["unmasked"] == pytest.approx(row["spare_bottom_layers"][-1]["metric"])
   assert set(full["margins"]) == {"unmasked", "masked", "random_mask"}
   assert sum(k.startswith("only_layer") for k in full["accuracy"]) == 2
+
+
+def test_tail_shift_statistics_on_known_shifts_and_signs():
+  """shift_stats: a constant shift is all common mode and squeezes nothing; a zero-mean one has
+  no common mode. tail_alignment: the mean sign over each tail, by hand."""
+  ts = load_benchmark("tail_shift")
+  rng = np.random.default_rng(0)
+  base = rng.standard_normal((200, 3))
+  labels = base.argmax(-1)
+  names = ("a", "b", "c")
+  const = ts.shift_stats(base, base + np.array([2.0, 0.0, -1.0]), labels, names)
+  assert const["common_mode"] == pytest.approx(1.0) and const["favoured"] == "a"
+  assert const["spread_ratio"] == pytest.approx(1.0) and const["accuracy"] < 1.0
+  noise = rng.standard_normal((200, 3))
+  zero_mean = ts.shift_stats(base, base + noise - noise.mean(0), labels, names)
+  assert zero_mean["common_mode"] < 1e-12 and zero_mean["rms_shift"] > 0.5
+  same = ts.shift_stats(base, base, labels, names)
+  assert same["accuracy"] == 1.0 and same["common_mode"] == 0.0
+
+  scores = {"k": np.array([[-2.0, 1.0], [-1.0, 3.0]]), "q": np.array([[0.5, -3.0]])}
+  sens = {"k": np.array([[1.0, -1.0], [1.0, 1.0]]), "q": np.array([[-1.0, 1.0]])}
+  removed = {p: v < 0 for p, v in scores.items()}  # sens +1, +1, +1
+  top = {p: v > 0.7 for p, v in scores.items()}  # sens -1, +1
+  a = ts.tail_alignment(scores, removed, top, sens)
+  assert a["removed_mean_sign"] == 1.0 and a["top_mean_sign"] == 0.0
+  assert a["all_mean_sign"] == pytest.approx(2 / 6)
+
+
+def test_tail_shift_gradient_split_matches_the_sensitivities_on_a_tiny_run(tmp_path,
+                                                                          tiny_topk_run):
+  """Two code paths agree: unmasked, the common part of the scores' gradient is
+  sum_c mean_error_c * sensitivity_c; the mean error is the logits' own; the whole gradient is
+  more than its common part. Then tail_shift.py writes its fields."""
+  from mvp_jax import run_io
+
+  ts = load_benchmark("tail_shift")
+  quality = load_benchmark("mask_quality")
+  structure = load_benchmark("mask_structure")
+  run = run_io.load_run(tiny_topk_run, 6)
+  _, _, task = quality.make_evaluator(run)
+  feats = {k: np.asarray(v)[:24] for k, v in task.train_features.items()}
+  full, common, err = ts.score_gradients(run, run.params, feats, 24, 8)
+  sens = ts.sensitivities(run, run.params, feats, 24, 8)
+  expect = sum(err[c] * np.concatenate([s[p].ravel() for p in sorted(s)])
+               for c, s in enumerate(sens))
+  np.testing.assert_allclose(common, expect, rtol=1e-3, atol=1e-4 * np.abs(expect).max())
+  assert np.abs(full - common).max() > 0.1 * np.abs(full).max()
+  logits = structure.make_logits(run, feats, 8)(run.params)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  onehot = np.eye(logits.shape[-1])[feats["labels"]]
+  np.testing.assert_allclose(err, (probs - onehot).mean(0), atol=1e-5)
+
+  ts.main([str(tiny_topk_run), "--steps", "4", "--examples", "24", "--random-draws", "1",
+           "--out", str(tmp_path / "t.json")])
+  (row,) = json.loads((tmp_path / "t.json").read_text())["rows"]
+  assert row["step"] == 4 and 0.1 < row["level"] < 1.0
+  assert set(row["shifts"]) == {"scores", "neg_scores", "magnitude", "random"}
+  assert set(row["alignment"]) == set(run.label_names)
+  assert -1.0 <= row["score_gradient"]["cos_common_full"] <= 1.0
 
 
 def test_run_dynamics_medians_per_window(tmp_path):
