@@ -114,7 +114,7 @@ def score_gradients(run: run_io.Run, masked_params, features, n: int, batch_size
     z = trainer.eval_step(p, batch, model=run.model).astype(jnp.float32)
     w = batch["weights"][:, None]
     err = jax.nn.softmax(z) - jax.nn.one_hot(batch["labels"], z.shape[-1])
-    ce = -(jax.nn.log_softmax(z) * jax.nn.one_hot(batch["labels"], z.shape[-1]) * w).sum()
+    ce = trainer.task_loss(z, batch, "classification") * batch["weights"].sum()  # summed
     return ce, (z * mean_err * w).sum(), (err * w).sum(0)
 
   full_fn = jax.jit(jax.grad(lambda p, b, e: parts(p, b, e)[0]))
