@@ -47,7 +47,8 @@ def _quiet_libraries() -> None:
   logging.get_absl_handler().addFilter(keep)
 
 
-def main(argv):
+def main(argv, step_fn=None):
+  """Runs `trainer.train_and_evaluate` on the flags (`step_fn`: see there)."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   _quiet_libraries()
@@ -56,7 +57,7 @@ def main(argv):
   from mvp_jax.errors import UserError
 
   try:
-    results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    results = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, step_fn=step_fn)
   except (UserError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

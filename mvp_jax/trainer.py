@@ -183,12 +183,31 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], teacher_params
 
   trainable = {"params": state.params, "scores": state.scores}
   (loss, (aux, step_masks)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+  return apply_gradients(state, grads, step_masks, {"loss": loss, **aux}, tx=tx, opts=opts)
+
+
+def apply_gradients(state: TrainState, grads: PyTree, step_masks: PyTree,
+                    metrics: dict[str, jax.Array], *, tx: optax.GradientTransformation,
+                    opts: StepOptions) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The optimizer update of a micro-step whose gradients are computed: the second half of
+  `train_step`, shared with the diagnostic steps in benchmarks/.
+
+  Args:
+    state: the TrainState the gradients were computed at.
+    grads: {"params": ..., "scores": ...}, the trainable trees' gradients.
+    step_masks: the masks the forward used ({} for dense).
+    metrics: the step's loss terms; the level, lambda, grad_norm (and mask_churn) are added.
+    tx, opts: as `train_step`.
+  """
+  sched = optim.schedule_values(state.opt_state)
+  level, lam = sched["level"], sched["lam"]
+  spec = opts.spec
+  trainable = {"params": state.params, "scores": state.scores}
   updates, opt_state = tx.update(grads, state.opt_state, trainable)
   trainable = optax.apply_updates(trainable, updates)
   new_state = state.replace(step=state.step + 1, params=trainable["params"],
                             scores=trainable["scores"], opt_state=opt_state)
-  metrics = {"loss": loss, **aux, "level": level, "lambda": lam,
-             "grad_norm": optax.tree.norm(grads)}
+  metrics = {**metrics, "level": level, "lambda": lam, "grad_norm": optax.tree.norm(grads)}
   if spec is not None and opts.churn_every:
     # The masks before the update are the forward's, except for l0, which trained on a sample.
     before = None if spec.method == "l0" else jax.lax.stop_gradient(step_masks)
@@ -319,13 +338,16 @@ def evaluate(eval_fn: Callable, params: PyTree, features: Mapping[str, np.ndarra
 # ----------------------------------------------------------------------------- driver
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike
-                       ) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                       *, step_fn: Callable | None = None) -> dict[str, Any]:
   """Fine-prunes a BERT as `config` says, writing everything to `workdir`.
 
   Re-running with the same workdir resumes from the latest checkpoint; a finished run is not
-  retrained. Returns the final results (the content of eval_results.json).
+  retrained. Returns the final results (the content of eval_results.json). `step_fn` replaces
+  `train_step` (same signature; None: `train_step`): for diagnostics such as
+  benchmarks/score_gradient_intervention.py, not a training option.
   """
+  step_fn = train_step if step_fn is None else step_fn
   run_config.validate(config)
   workdir = pathlib.Path(workdir)
   if config.distributed.coordinator_address == "auto":
@@ -445,7 +467,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if teacher_params is not None:
     teacher_params = jax.device_put(teacher_params, teacher_sh)
   jit_train_step = jax.jit(
-    functools.partial(train_step, model=model, teacher_model=teacher_model, tx=tx, opts=opts),
+    functools.partial(step_fn, model=model, teacher_model=teacher_model, tx=tx, opts=opts),
     in_shardings=(state_sharding, batch_sh, teacher_sh),
     out_shardings=(state_sharding, replicated), donate_argnums=(0,))
   params_sh = state_sharding.params

@@ -572,6 +572,162 @@ def test_tail_shift_gradient_split_matches_the_sensitivities_on_a_tiny_run(tmp_p
   assert -1.0 <= row["score_gradient"]["cos_common_full"] <= 1.0
 
 
+@pytest.fixture(scope="module")
+def intervention():
+  """benchmarks/score_gradient_intervention.py, loaded once (it defines absl flags)."""
+  return load_benchmark("score_gradient_intervention")
+
+
+def _flat_vector(tree) -> np.ndarray:
+  return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
+
+
+def test_score_gradient_interventions_against_direct_gradients_on_a_tiny_run(intervention,
+                                                                             tiny_topk_run):
+  """Each mode's gradients against ones taken directly with jax.grad of the quantities the
+  docstring names (no cotangents): the weights' gradient is always the loss's; `none` gives the
+  loss's score gradient, `centred` that minus the gradient of the batch's mean error sent back
+  by every example, `project` a score gradient orthogonal to every class's mean-centred-logit
+  gradient, differing from the loss's by a vector in their span."""
+  from mvp_jax import pruning, run_io, trainer
+  from mvp_jax.data import batching
+
+  run = run_io.load_run(tiny_topk_run, 6)
+  quality = load_benchmark("mask_quality")
+  _, _, task = quality.make_evaluator(run)
+  feats = {k: np.asarray(v)[:8] for k, v in task.train_features.items()}
+  (batch,) = [{k: jnp.asarray(v) for k, v in b.items()}
+              for b in batching.eval_batches(feats, 8)]
+  batch["weights"] = batch["weights"].at[-1].set(0.0)  # a padding row must not count
+  level, rng = jnp.float32(0.6), jax.random.key(3)
+  trainable = {"params": run.params, "scores": run.scores}
+
+  def logits(tr):
+    masked = pruning.multiply_masks(tr["params"], pruning.compute_masks(
+        tr["params"], tr["scores"], level, run.spec))
+    return trainer.forward(run.model, masked, batch, deterministic=False,
+                           dropout_rng=rng).astype(jnp.float32)
+
+  w = batch["weights"]
+  z = logits(trainable)
+  err = jax.nn.softmax(z) - jax.nn.one_hot(batch["labels"], z.shape[-1])
+  mean_err = (err * w[:, None]).sum(0) / w.sum()
+  whole = jax.grad(lambda tr: trainer.task_loss(logits(tr), batch, "classification"))(trainable)
+  common = jax.grad(lambda s: ((logits({"params": run.params, "scores": s}) @ mean_err) * w)
+                    .sum() / w.sum())(run.scores)
+  per_class = [_flat_vector(jax.grad(lambda s, c=c: ((
+      logits({"params": run.params, "scores": s})[:, c]
+      - logits({"params": run.params, "scores": s}).mean(-1)) * w).sum() / w.sum())(
+          run.scores)) for c in range(z.shape[-1])]
+
+  got = {}
+  for mode in intervention.MODES:
+    loss, grads, _, metrics = intervention.intervened_grads(
+        trainable, batch, model=run.model, spec=run.spec, level=level, dropout_rng=rng,
+        mode=mode)
+    np.testing.assert_allclose(float(loss), float(trainer.task_loss(z, batch, "classification")),
+                               rtol=1e-6)
+    np.testing.assert_allclose(_flat_vector(grads["params"]), _flat_vector(whole["params"]),
+                               rtol=1e-4, atol=1e-6)
+    got[mode] = _flat_vector(grads["scores"])
+    assert float(metrics["score_grad_norm"]) == pytest.approx(
+        np.linalg.norm(_flat_vector(whole["scores"])), rel=1e-4)
+  g = _flat_vector(whole["scores"])
+  scale = np.abs(g).max()
+  np.testing.assert_allclose(got["none"], g, atol=1e-5 * scale)
+  np.testing.assert_array_equal(got["frozen"], got["none"])  # frozen changes the update only
+  np.testing.assert_allclose(got["centred"], g - _flat_vector(common), atol=1e-4 * scale)
+  assert np.abs(got["centred"] - g).max() > 0.01 * scale  # it did remove something
+  new = got["project"]
+  for gc in per_class:
+    assert abs(new @ gc) <= 1e-4 * np.linalg.norm(new) * np.linalg.norm(gc)
+  span = np.stack(per_class, axis=1)
+  coef, *_ = np.linalg.lstsq(span, g - new, rcond=None)
+  assert np.linalg.norm(span @ coef - (g - new)) <= 1e-3 * np.linalg.norm(g - new)
+  assert np.linalg.norm(g - new) > 0.01 * np.linalg.norm(g)
+
+
+def test_centred_score_gradient_vanishes_when_every_example_is_the_same(intervention,
+                                                                        tiny_topk_run):
+  """The same sentence eight times, with both labels, and no dropout: every example's logits
+  depend on the scores alike, so the loss's score gradient is all common part and `centred`
+  leaves nothing of it (while `none` does)."""
+  import dataclasses
+
+  from mvp_jax import run_io
+  from mvp_jax.data import batching
+
+  run = run_io.load_run(tiny_topk_run, 6)
+  quality = load_benchmark("mask_quality")
+  _, _, task = quality.make_evaluator(run)
+  feats = {k: np.repeat(np.asarray(v)[:1], 8, axis=0) for k, v in task.train_features.items()}
+  feats["labels"] = np.arange(8) % 2
+  (batch,) = [{k: jnp.asarray(v) for k, v in b.items()}
+              for b in batching.eval_batches(feats, 8)]
+  model = run.model.clone(config=dataclasses.replace(
+      run.model.config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+  norms = {}
+  for mode in ("none", "centred"):
+    _, grads, _, _ = intervention.intervened_grads(
+        {"params": run.params, "scores": run.scores}, batch, model=model, spec=run.spec,
+        level=jnp.float32(0.6), dropout_rng=jax.random.key(0), mode=mode)
+    norms[mode] = np.linalg.norm(_flat_vector(grads["scores"]))
+  assert norms["none"] > 0 and norms["centred"] <= 1e-4 * norms["none"]
+
+
+def test_intervention_none_trains_exactly_as_train_step_and_modes_are_not_mixed(
+    tmp_path, intervention):
+  """`none` through train_and_evaluate reproduces a plain run's weights and scores; `project`
+  trains (and logs what it removed); a workdir of one mode refuses another; non-top-k refused."""
+  import functools
+
+  from tiny_bert import compare_runs, make_tiny_bert, read_metrics, tiny_config
+
+  from mvp_jax import run_io, trainer
+  from mvp_jax.errors import UserError
+
+  bert = make_tiny_bert(tmp_path / "bert")
+  config = tiny_config(bert, **{"train.max_steps": 4, "train.eval_every_steps": 0})
+  trainer.train_and_evaluate(config, tmp_path / "plain")
+  step = functools.partial(intervention.intervened_train_step, mode="none")
+  trainer.train_and_evaluate(config, tmp_path / "none", step_fn=step)
+  diff = compare_runs(tmp_path / "plain", tmp_path / "none")
+  assert diff["params_max_abs_diff"] <= 1e-6 and diff["scores_max_abs_diff"] <= 1e-6, diff
+
+  intervention.record_mode(tmp_path / "proj", "project")
+  trainer.train_and_evaluate(config, tmp_path / "proj", step_fn=functools.partial(
+      intervention.intervened_train_step, mode="project"))
+  rows = [r for r in read_metrics(tmp_path / "proj") if "train/score_removed_share" in r]
+  assert len(rows) == 4
+  assert all(0.0 <= r["train/score_removed_share"] <= 1.0 + 1e-4 for r in rows)
+  assert any(r["train/score_removed_share"] > 0 for r in rows)
+  # frozen: the scores stop at the last step of level 1; the weights go on training.
+  frozen_config = tiny_config(bert, **{"train.max_steps": 4, "train.eval_every_steps": 0,
+                                       "train.checkpoint_every_steps": 1,
+                                       "train.keep_checkpoints": 5})
+  trainer.train_and_evaluate(frozen_config, tmp_path / "frozen", step_fn=functools.partial(
+      intervention.intervened_train_step, mode="frozen"))
+  levels = {r["step"]: r["train/level"] for r in read_metrics(tmp_path / "frozen")
+            if "train/level" in r}
+  last_dense = max(s for s, v in levels.items() if v == 1.0)
+  assert last_dense < 4, levels
+  runs = [run_io.load_run(tmp_path / "frozen", s) for s in range(last_dense, 5)]
+  for before, after in zip(runs, runs[1:], strict=False):
+    for x, y in zip(jax.tree.leaves(before.scores), jax.tree.leaves(after.scores), strict=True):
+      np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(
+        jax.tree.leaves(before.params), jax.tree.leaves(after.params), strict=True))
+  assert any(np.abs(x).max() > 0 for x in jax.tree.leaves(runs[0].scores))  # learnt, not 0
+
+  with pytest.raises(UserError, match="--intervention=project"):
+    intervention.record_mode(tmp_path / "proj", "centred")
+  with pytest.raises(UserError, match="without this script"):
+    intervention.record_mode(tmp_path / "plain", "centred")
+  with pytest.raises(UserError, match="pruning.method=topk"):
+    trainer.train_and_evaluate(tiny_config(bert, **{"pruning.method": "magnitude"}),
+                               tmp_path / "mag", step_fn=step)
+
+
 def test_run_dynamics_medians_per_window(tmp_path):
   dyn = load_benchmark("run_dynamics")
   rng = np.random.default_rng(0)

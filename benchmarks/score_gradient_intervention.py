@@ -1,0 +1,213 @@
+"""Train a hard-movement run with the input-independent part taken out of the scores' gradient.
+
+An intervention test of our reading of why hard movement pruning dies on two-class tasks at
+short horizons (docs/results.md, "Testing that reading"): `benchmarks/tail_shift.py` found that,
+after the first cuts, the two-class runs' score gradients point along the change that serves a
+shift of every example alike, and six-class TREC's do not. If that is what drives the scores
+into the dead mask, taking it out of the scores' gradient (and only theirs: the weights train on
+the whole loss gradient) should let the two-class runs live.
+
+Takes `train.py`'s flags plus ``--intervention``; every step computes the masked forward once and
+pulls back several logit cotangents through it (`jax.vjp`):
+
+* ``none``: the loss's own cotangent dz = dL/dz only, i.e. `trainer.train_step` (a control).
+* ``centred``: the scores get the gradient of the covariance part alone: with e_i the error of
+  example i (dz_i = w_i e_i / sum w), the common part is what the batch's mean error mean(e),
+  sent back by every example, asks for; the scores get ``vjp(dz) - vjp(common)``.
+* ``project``: the scores' gradient g minus its projection on the span of
+  ``g_c = W * d(mean_i zc_i)/dW'`` (zc: centred logit of class c, over the batch's real rows),
+  the score changes that move every example's logits alike, to first order. Stronger than
+  ``centred``: it also removes the part of the covariance term that points that way.
+* ``frozen``: the scores stop changing at the first pruning step (level below 1), so the masks
+  follow the schedule on the scores learnt during the dense warm-up; the weights train as
+  ``none``. Tells whether the scores' own updates after the cuts are needed for the collapse.
+
+Every mode logs ``train/score_grad_norm`` (|g|, before the change; the weights' gradient is
+the rest of ``train/grad_norm``, which is after it); ``centred`` and ``project`` also
+``train/score_removed_share`` (|removed|^2 / |g|^2) and ``train/score_removed_cos`` (cosine of
+the removed part with g). The optimizer clips weights and scores jointly, as always. Hard
+movement (``pruning.method=topk``) on a classification task, without distillation, only. The
+mode is written to the workdir's ``intervention.json``; a resume with another mode is refused.
+For instance (two-class TREC from `benchmarks/trec_regrouped.py`):
+
+  python benchmarks/score_gradient_intervention.py --intervention=project \\
+      --config configs/default.py --workdir runs/probe/trec2-project-s0 \\
+      --config.data.source=files --config.data.task=trec2 ... (the cell's flags)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import train  # noqa: E402  (defines --config and --workdir)
+from mvp_jax import optim, pruning, run_io, trainer  # noqa: E402
+from mvp_jax.errors import UserError  # noqa: E402
+
+MODES = ("none", "centred", "project", "frozen")
+_MODE = flags.DEFINE_enum("intervention", None, MODES,
+                          "What to take out of the scores' gradient (see the module docstring).")
+flags.mark_flag_as_required("intervention")
+
+
+def tree_dot(a: Any, b: Any) -> jax.Array:
+  """Sum over the leaves of <a, b> (float32 scalar)."""
+  return sum(jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def common_cotangent(dz: jax.Array, weights: jax.Array) -> jax.Array:
+  """[B, C] the cotangent of every real row asking for the batch's mean error.
+
+  With dz_i = w_i e_i / max(sum w, 1) (`trainer.task_loss`'s gradient), the common part of the
+  loss gradient is mean(e) . mean(J), the pull-back of w_i mean(e) / max(sum w, 1) =
+  w_i sum_j dz_j / sum w. Args: dz [B, C]; weights [B] (0 for padding rows).
+  """
+  w = weights.astype(dz.dtype)
+  return w[:, None] * dz.sum(0)[None, :] / jnp.maximum(w.sum(), 1e-9)
+
+
+def class_cotangents(weights: jax.Array, classes: int, dtype: Any) -> jax.Array:
+  """[C, B, C]: cotangent c pulls back the gradient of the mean over real rows of example i's
+  centred logit c, z_ic - mean_d z_id. Args: weights [B]."""
+  w = weights.astype(jnp.float32)
+  w = w / jnp.maximum(w.sum(), 1e-9)
+  basis = jnp.eye(classes, dtype=jnp.float32) - 1.0 / classes  # row c: d(zc centred)/dz
+  return (w[None, :, None] * basis[:, None, :]).astype(dtype)
+
+
+def project_out(g: Any, basis: Any) -> Any:
+  """The part of `g` in the span of `basis` (leaves with a leading [K] axis), least squares."""
+  k = jax.tree.leaves(basis)[0].shape[0]
+  rows = [jax.tree.map(lambda x, i=i: x[i], basis) for i in range(k)]
+  gram = jnp.stack([jnp.stack([tree_dot(a, b) for b in rows]) for a in rows])
+  rhs = jnp.stack([tree_dot(a, g) for a in rows])
+  coef = jnp.linalg.pinv(gram, rtol=1e-5) @ rhs  # the centred classes span C - 1 directions
+  return jax.tree.map(lambda x: jnp.tensordot(coef, x.astype(jnp.float32), axes=1)
+                      .astype(x.dtype), basis)
+
+
+def intervened_grads(trainable: Mapping[str, Any], batch: Mapping[str, jax.Array], *,
+                     model: Any, spec: pruning.PruningSpec, level: jax.Array,
+                     dropout_rng: jax.Array, mode: str
+                     ) -> tuple[jax.Array, dict[str, Any], Any, dict[str, jax.Array]]:
+  """The task loss and its gradients, the scores' changed as `mode` says (weights untouched).
+
+  Args:
+    trainable: {"params": ..., "scores": ...} as `trainer.TrainState` holds them.
+    batch: a classification batch (input_ids ... [B, L], weights [B], labels [B]).
+    model, spec, level, dropout_rng: the step's, as `trainer.train_step` uses them.
+    mode: one of `MODES`.
+
+  Returns:
+    (loss, grads {"params", "scores"}, the forward's masks, metrics: score_grad_norm (the
+    scores' gradient before the change) and, for "centred" and "project", score_removed_share
+    and score_removed_cos). "frozen" changes the update, not the gradients (see
+    `intervened_train_step`).
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode {mode!r}: one of {MODES}")
+
+  def logits(tr):
+    masks = pruning.compute_masks(tr["params"], tr["scores"], level, spec)
+    params = pruning.multiply_masks(tr["params"], masks)
+    return trainer.forward(model, params, batch, deterministic=False,
+                           dropout_rng=dropout_rng), masks
+
+  out, pull_back, masks = jax.vjp(logits, trainable, has_aux=True)
+  loss, dz = jax.value_and_grad(lambda z: trainer.task_loss(z, batch, "classification"))(out)
+  w = batch["weights"]
+  if mode in ("none", "frozen"):
+    cotangents = dz[None]
+  elif mode == "centred":
+    cotangents = jnp.stack([dz, common_cotangent(dz, w)])
+  else:
+    cotangents = jnp.concatenate([dz[None], class_cotangents(w, dz.shape[-1], dz.dtype)])
+  pulled = jax.vmap(lambda ct: pull_back(ct)[0])(cotangents)
+  grads = jax.tree.map(lambda x: x[0], pulled)
+  g = grads["scores"]
+  norm_g = jnp.sqrt(tree_dot(g, g))
+  metrics = {"score_grad_norm": norm_g}
+  if mode in ("centred", "project"):
+    extra = jax.tree.map(lambda x: x[1:], pulled["scores"])
+    removed = (jax.tree.map(lambda x: x[0], extra) if mode == "centred"
+               else project_out(g, extra))
+    grads = {"params": grads["params"], "scores": jax.tree.map(jnp.subtract, g, removed)}
+    norm_r = jnp.sqrt(tree_dot(removed, removed))
+    metrics["score_removed_share"] = (norm_r / jnp.maximum(norm_g, 1e-30)) ** 2
+    metrics["score_removed_cos"] = tree_dot(removed, g) / jnp.maximum(norm_g * norm_r, 1e-30)
+  return loss, grads, masks, metrics
+
+
+def intervened_train_step(state: trainer.TrainState, batch: Mapping[str, jax.Array],
+                          teacher_params: Any, *, model: Any, teacher_model: Any, tx: Any,
+                          opts: trainer.StepOptions, mode: str
+                          ) -> tuple[trainer.TrainState, dict[str, jax.Array]]:
+  """`trainer.train_step` with `intervened_grads` in place of the loss gradient.
+
+  Same signature and state as `trainer.train_step` (plus `mode`), so `train_and_evaluate` runs
+  it in place of the real step; `teacher_params` and `teacher_model` are unused.
+  """
+  del teacher_params, teacher_model
+  spec = opts.spec
+  if spec is None or spec.method != "topk" or opts.kind != "classification" or opts.distill:
+    raise UserError("score_gradient_intervention: hard movement (pruning.method=topk) on a "
+                    "classification task without distillation only; got method "
+                    f"{getattr(spec, 'method', 'none')}, task kind {opts.kind}, "
+                    f"distill {opts.distill}.")
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  dropout_rng, _ = jax.random.split(key)  # as train_step (its second key is for l0 only)
+  level = optim.schedule_values(state.opt_state)["level"]
+  trainable = {"params": state.params, "scores": state.scores}
+  loss, grads, masks, extra = intervened_grads(trainable, batch, model=model, spec=spec,
+                                               level=level, dropout_rng=dropout_rng, mode=mode)
+  zero = jnp.zeros((), jnp.float32)
+  metrics = {"loss": loss, "task_loss": loss, "distill_loss": zero, "regularizer": zero, **extra}
+  new_state, metrics = trainer.apply_gradients(state, grads, masks, metrics, tx=tx, opts=opts)
+  if mode == "frozen":  # keep the scores from the first step below level 1 on
+    new_state = new_state.replace(scores=jax.tree.map(
+        lambda old, new: jnp.where(level < 1.0, old, new), state.scores, new_state.scores))
+  return new_state, metrics
+
+
+def record_mode(workdir: pathlib.Path, mode: str) -> None:
+  """Writes workdir/intervention.json; refuses a workdir trained with another mode or none."""
+  path = workdir / "intervention.json"
+  if path.exists():
+    had = json.loads(path.read_text()).get("intervention")
+    if had != mode:
+      raise UserError(f"{workdir} was trained with --intervention={had}; use that or a new "
+                      "--workdir.")
+    return
+  if (workdir / "checkpoints").exists():
+    raise UserError(f"{workdir} holds a run trained without this script; use a new --workdir.")
+  workdir.mkdir(parents=True, exist_ok=True)
+  run_io.write_atomic(path, json.dumps({"intervention": mode}) + "\n")
+
+
+def main(argv):
+  mode = _MODE.value
+  config = train._CONFIG.value
+  if config.pruning.method != "topk" or config.distill.teacher:
+    print("error: score_gradient_intervention: --config.pruning.method=topk without "
+          "--config.distill.teacher only.", file=sys.stderr)
+    sys.exit(2)
+  try:
+    record_mode(pathlib.Path(train._WORKDIR.value), mode)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  train.main(argv, step_fn=functools.partial(intervened_train_step, mode=mode))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=train.parse_flags)
