@@ -4,7 +4,9 @@ Reads each workdir's ``metrics.jsonl`` (what `train.py` logs every ``train.log_e
 writes, per run and per window of steps, the median of the gradient norm (weights and scores
 together, before clipping), the mask churn (`pruning.mask_change` between the masks before and
 after an update at the step's level: the weights the scores re-rank, not those the schedule
-removes), the task loss and the keep level; and the run's last logged evaluation. Used to
+removes), the task loss and the keep level (and, for runs of
+`benchmarks/score_gradient_intervention.py`, the scores' gradient norm and the share of it the
+intervention removed, with the intervention's name); and the run's logged evaluations. Used to
 compare a run that collapses with one that does not (docs/results.md, which lists the command
 that wrote dynamics_sst2_trec.json):
 
@@ -28,7 +30,10 @@ from mvp_jax.logging_utils import read_metrics  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "dynamics.json"
 KEYS = {"grad_norm": "train/grad_norm", "mask_churn": "train/mask_churn",
-        "task_loss": "train/task_loss", "level": "train/level"}
+        "task_loss": "train/task_loss", "level": "train/level",
+        # logged by benchmarks/score_gradient_intervention.py only
+        "score_grad_norm": "train/score_grad_norm",
+        "score_removed_share": "train/score_removed_share"}
 
 
 def parse_windows(text: str) -> list[tuple[int, int]]:
@@ -79,12 +84,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not path.is_file():
       ap.error(f"{path} does not exist: pass train.py workdirs")
     rows = read_metrics(path)
-    evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    evals = [{"step": r["step"], **{k: v for k, v in r.items() if k.startswith("eval/")}}
+             for r in rows if any(k.startswith("eval/") for k in r)]
+    intervention = workdir / "intervention.json"
     runs[str(workdir)] = {
       "windows": summarise(rows, windows),
-      "last_eval": ({"step": evals[-1]["step"],
-                     **{k: v for k, v in evals[-1].items() if k.startswith("eval/")}}
-                    if evals else None),
+      "last_eval": evals[-1] if evals else None,
+      "evals": evals,
+      "intervention": (json.loads(intervention.read_text())["intervention"]
+                       if intervention.is_file() else None),
     }
   record = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "medians_of": list(KEYS.values()), "runs": runs}

@@ -746,6 +746,10 @@ def test_run_dynamics_medians_per_window(tmp_path):
   dyn.main([str(run), "--windows", "5-50,55-100,200-300", "--out", str(out)])
   got = json.loads(out.read_text())["runs"][str(run)]
   assert got["last_eval"] == {"step": 50, "eval/accuracy": 0.5}
+  assert got["evals"] == [{"step": 50, "eval/accuracy": 0.5}] and got["intervention"] is None
+  (run / "intervention.json").write_text('{"intervention": "project"}\n')
+  dyn.main([str(run), "--windows", "5-50", "--out", str(out)])
+  assert json.loads(out.read_text())["runs"][str(run)]["intervention"] == "project"
   train = [r for r in rows if "train/loss" in r]
   for window, (a, b) in zip(got["windows"], [(5, 50), (55, 100), (200, 300)], strict=True):
     inside = [r for r in train if a <= r["step"] <= b]
