@@ -188,7 +188,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], teacher_params
 
 def apply_gradients(state: TrainState, grads: PyTree, step_masks: PyTree,
                     metrics: dict[str, jax.Array], *, tx: optax.GradientTransformation,
-                    opts: StepOptions) -> tuple[TrainState, dict[str, jax.Array]]:
+                    opts: StepOptions, edit_scores: Callable | None = None
+                    ) -> tuple[TrainState, dict[str, jax.Array]]:
   """The optimizer update of a micro-step whose gradients are computed: the second half of
   `train_step`, shared with the diagnostic steps in benchmarks/.
 
@@ -198,6 +199,8 @@ def apply_gradients(state: TrainState, grads: PyTree, step_masks: PyTree,
     step_masks: the masks the forward used ({} for dense).
     metrics: the step's loss terms; the level, lambda, grad_norm (and mask_churn) are added.
     tx, opts: as `train_step`.
+    edit_scores: None, or ``f(old scores, updated scores) -> scores`` applied to the update
+      before the mask churn is measured (diagnostics: see benchmarks/).
   """
   sched = optim.schedule_values(state.opt_state)
   level, lam = sched["level"], sched["lam"]
@@ -205,8 +208,10 @@ def apply_gradients(state: TrainState, grads: PyTree, step_masks: PyTree,
   trainable = {"params": state.params, "scores": state.scores}
   updates, opt_state = tx.update(grads, state.opt_state, trainable)
   trainable = optax.apply_updates(trainable, updates)
-  new_state = state.replace(step=state.step + 1, params=trainable["params"],
-                            scores=trainable["scores"], opt_state=opt_state)
+  scores = (trainable["scores"] if edit_scores is None
+            else edit_scores(state.scores, trainable["scores"]))
+  new_state = state.replace(step=state.step + 1, params=trainable["params"], scores=scores,
+                            opt_state=opt_state)
   metrics = {**metrics, "level": level, "lambda": lam, "grad_norm": optax.tree.norm(grads)}
   if spec is not None and opts.churn_every:
     # The masks before the update are the forward's, except for l0, which trained on a sample.

@@ -622,7 +622,7 @@ def test_score_gradient_interventions_against_direct_gradients_on_a_tiny_run(int
 
   got = {}
   for mode in intervention.MODES:
-    loss, grads, _, metrics = intervention.intervened_grads(
+    loss, grads, _, metrics, basis = intervention.intervened_grads(
         trainable, batch, model=run.model, spec=run.spec, level=level, dropout_rng=rng,
         mode=mode)
     np.testing.assert_allclose(float(loss), float(trainer.task_loss(z, batch, "classification")),
@@ -632,10 +632,24 @@ def test_score_gradient_interventions_against_direct_gradients_on_a_tiny_run(int
     got[mode] = _flat_vector(grads["scores"])
     assert float(metrics["score_grad_norm"]) == pytest.approx(
         np.linalg.norm(_flat_vector(whole["scores"])), rel=1e-4)
+    if mode in ("project", "project_update"):  # the span both project on: each class's g_c
+      for c, gc in enumerate(per_class):
+        np.testing.assert_allclose(_flat_vector(jax.tree.map(lambda x, c=c: x[c], basis)), gc,
+                                   atol=1e-4 * np.abs(gc).max())
+    else:
+      assert basis is None
+  for mode in ("centred", "project"):  # inactive (before the cut): the gradient as it is
+    _, grads, _, metrics, _ = intervention.intervened_grads(
+        trainable, batch, model=run.model, spec=run.spec, level=level, dropout_rng=rng,
+        mode=mode, active=jnp.bool_(False))
+    np.testing.assert_allclose(_flat_vector(grads["scores"]), got["none"],  # batched vjp
+                               rtol=1e-5, atol=1e-7 * np.abs(got["none"]).max())
+    assert float(metrics["score_removed_share"]) == 0.0
   g = _flat_vector(whole["scores"])
   scale = np.abs(g).max()
   np.testing.assert_allclose(got["none"], g, atol=1e-5 * scale)
-  np.testing.assert_array_equal(got["frozen"], got["none"])  # frozen changes the update only
+  for mode in ("frozen", "project_update"):  # they change the update, not the gradient
+    np.testing.assert_allclose(got[mode], got["none"], rtol=1e-5, atol=1e-7 * scale)
   np.testing.assert_allclose(got["centred"], g - _flat_vector(common), atol=1e-4 * scale)
   assert np.abs(got["centred"] - g).max() > 0.01 * scale  # it did remove something
   new = got["project"]
@@ -668,7 +682,7 @@ def test_centred_score_gradient_vanishes_when_every_example_is_the_same(interven
       run.model.config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
   norms = {}
   for mode in ("none", "centred"):
-    _, grads, _, _ = intervention.intervened_grads(
+    _, grads, _, _, _ = intervention.intervened_grads(
         {"params": run.params, "scores": run.scores}, batch, model=model, spec=run.spec,
         level=jnp.float32(0.6), dropout_rng=jax.random.key(0), mode=mode)
     norms[mode] = np.linalg.norm(_flat_vector(grads["scores"]))
@@ -697,10 +711,13 @@ def test_intervention_none_trains_exactly_as_train_step_and_modes_are_not_mixed(
   intervention.record_mode(tmp_path / "proj", "project")
   trainer.train_and_evaluate(config, tmp_path / "proj", step_fn=functools.partial(
       intervention.intervened_train_step, mode="project"))
-  rows = [r for r in read_metrics(tmp_path / "proj") if "train/score_removed_share" in r]
-  assert len(rows) == 4
-  assert all(0.0 <= r["train/score_removed_share"] <= 1.0 + 1e-4 for r in rows)
-  assert any(r["train/score_removed_share"] > 0 for r in rows)
+  trainer.train_and_evaluate(config, tmp_path / "proj_update", step_fn=functools.partial(
+      intervention.intervened_train_step, mode="project_update"))
+  for name in ("proj", "proj_update"):  # a projection removes a share in [0, 1]
+    rows = [r for r in read_metrics(tmp_path / name) if "train/score_removed_share" in r]
+    assert len(rows) == 4, name
+    assert all(0.0 <= r["train/score_removed_share"] <= 1.0 + 1e-4 for r in rows), rows
+    assert any(r["train/score_removed_share"] > 0 for r in rows), rows
   # frozen: the scores stop at the last step of level 1; the weights go on training.
   frozen_config = tiny_config(bert, **{"train.max_steps": 4, "train.eval_every_steps": 0,
                                        "train.checkpoint_every_steps": 1,
@@ -721,6 +738,9 @@ def test_intervention_none_trains_exactly_as_train_step_and_modes_are_not_mixed(
 
   with pytest.raises(UserError, match="--intervention=project"):
     intervention.record_mode(tmp_path / "proj", "centred")
+  with pytest.raises(UserError, match="--intervention_start=cut"):
+    intervention.record_mode(tmp_path / "proj", "project", "start")
+  intervention.record_mode(tmp_path / "proj", "project", "cut")  # the same: accepted
   with pytest.raises(UserError, match="without this script"):
     intervention.record_mode(tmp_path / "plain", "centred")
   with pytest.raises(UserError, match="pruning.method=topk"):
