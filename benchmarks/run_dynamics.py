@@ -33,7 +33,8 @@ KEYS = {"grad_norm": "train/grad_norm", "mask_churn": "train/mask_churn",
         "task_loss": "train/task_loss", "level": "train/level",
         # logged by benchmarks/score_gradient_intervention.py only
         "score_grad_norm": "train/score_grad_norm",
-        "score_removed_share": "train/score_removed_share"}
+        "score_removed_share": "train/score_removed_share",
+        "weight_removed_share": "train/weight_removed_share"}
 
 
 def parse_windows(text: str) -> list[tuple[int, int]]:

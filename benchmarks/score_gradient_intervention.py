@@ -27,6 +27,9 @@ pulls back several logit cotangents through it (`jax.vjp`):
 * ``frozen``: the scores stop changing at the first pruning step (level below 1), so the masks
   follow the schedule on the scores learnt during the dense warm-up; the weights train as
   ``none``. Tells whether the scores' own updates after the cuts are needed for the collapse.
+* ``centred_weights``: as ``centred``, but for the weights (every param, the classifier's bias
+  included, which then stops learning) while the scores get their whole gradient: tells whether
+  the weights' input-independent updates are needed for it.
 
 Each acts from the first pruning step on (``--intervention_start=cut``, the default: until then
 the run is the plain run, so the first cut is the same) or from the first step
@@ -36,9 +39,11 @@ Every mode logs ``train/score_grad_norm`` (|g|, before the change; the weights' 
 the rest of ``train/grad_norm``, which is after it); ``centred``, ``project`` and
 ``project_update`` also ``train/score_removed_share`` (|removed|^2 / |g|^2) and
 ``train/score_removed_cos`` (cosine of the removed part with g; for ``project_update``, of the
-update instead). The optimizer clips weights and scores jointly, as always. Hard movement
-(``pruning.method=topk``) on a classification task, without distillation, only. The mode is
-written to the workdir's ``intervention.json``; a resume with another mode is refused.
+update instead), ``centred_weights`` ``train/weight_removed_share`` and
+``train/weight_removed_cos`` (of the weights' gradient). The optimizer clips weights and scores
+jointly, as always. Hard movement (``pruning.method=topk``) on a classification task, without
+distillation, only. The mode is written to the workdir's ``intervention.json``; a resume with
+another mode is refused.
 For instance (two-class TREC from `benchmarks/trec_regrouped.py`):
 
   python benchmarks/score_gradient_intervention.py --intervention=project \\
@@ -64,7 +69,7 @@ import train  # noqa: E402  (defines --config and --workdir)
 from mvp_jax import optim, pruning, run_io, trainer  # noqa: E402
 from mvp_jax.errors import UserError  # noqa: E402
 
-MODES = ("none", "centred", "project", "project_update", "frozen")
+MODES = ("none", "centred", "project", "project_update", "frozen", "centred_weights")
 STARTS = ("cut", "start")
 _MODE = flags.DEFINE_enum("intervention", None, MODES,
                           "What to take out of the scores' gradient (see the module docstring).")
@@ -128,7 +133,8 @@ def intervened_grads(trainable: Mapping[str, Any], batch: Mapping[str, jax.Array
   Returns:
     (loss, grads {"params", "scores"}, the forward's masks, metrics, basis). metrics:
     score_grad_norm (the scores' gradient before the change) and, for "centred" and "project",
-    score_removed_share and score_removed_cos. basis: for "project" and "project_update", the
+    score_removed_share and score_removed_cos (for "centred_weights": weight_removed_share and
+    weight_removed_cos, of the weights' gradient). basis: for "project" and "project_update", the
     per-class score gradients g_c (scores-shaped leaves with a leading [C] axis), else None.
     "project_update" and "frozen" change the update, not the gradients (`intervened_train_step`).
   """
@@ -146,7 +152,7 @@ def intervened_grads(trainable: Mapping[str, Any], batch: Mapping[str, jax.Array
   w = batch["weights"]
   if mode in ("none", "frozen"):
     cotangents = dz[None]
-  elif mode == "centred":
+  elif mode in ("centred", "centred_weights"):
     cotangents = jnp.stack([dz, common_cotangent(dz, w)])
   else:
     cotangents = jnp.concatenate([dz[None], class_cotangents(w, dz.shape[-1], dz.dtype)])
@@ -161,6 +167,13 @@ def intervened_grads(trainable: Mapping[str, Any], batch: Mapping[str, jax.Array
     removed = jax.tree.map(lambda r: jnp.where(active, r, jnp.zeros_like(r)), removed)
     grads = {"params": grads["params"], "scores": jax.tree.map(jnp.subtract, g, removed)}
     metrics.update(removal_metrics(g, removed))
+  if mode == "centred_weights":
+    gp = grads["params"]
+    removed = jax.tree.map(lambda x: jnp.where(active, x[1], jnp.zeros_like(x[1])),
+                           pulled["params"])
+    grads = {"params": jax.tree.map(jnp.subtract, gp, removed), "scores": g}
+    metrics.update({k.replace("score_", "weight_"): v
+                    for k, v in removal_metrics(gp, removed).items()})
   basis = extra if mode in ("project", "project_update") else None
   return loss, grads, masks, metrics, basis
 

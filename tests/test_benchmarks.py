@@ -585,10 +585,12 @@ def _flat_vector(tree) -> np.ndarray:
 def test_score_gradient_interventions_against_direct_gradients_on_a_tiny_run(intervention,
                                                                              tiny_topk_run):
   """Each mode's gradients against ones taken directly with jax.grad of the quantities the
-  docstring names (no cotangents): the weights' gradient is always the loss's; `none` gives the
+  docstring names (no cotangents): the weights' gradient is the loss's but for
+  `centred_weights`; `none` gives the
   loss's score gradient, `centred` that minus the gradient of the batch's mean error sent back
   by every example, `project` a score gradient orthogonal to every class's mean-centred-logit
-  gradient, differing from the loss's by a vector in their span."""
+  gradient, differing from the loss's by a vector in their span; `centred_weights` does to the
+  weights what `centred` does to the scores (the classifier bias is left no gradient)."""
   from mvp_jax import pruning, run_io, trainer
   from mvp_jax.data import batching
 
@@ -613,8 +615,7 @@ def test_score_gradient_interventions_against_direct_gradients_on_a_tiny_run(int
   err = jax.nn.softmax(z) - jax.nn.one_hot(batch["labels"], z.shape[-1])
   mean_err = (err * w[:, None]).sum(0) / w.sum()
   whole = jax.grad(lambda tr: trainer.task_loss(logits(tr), batch, "classification"))(trainable)
-  common = jax.grad(lambda s: ((logits({"params": run.params, "scores": s}) @ mean_err) * w)
-                    .sum() / w.sum())(run.scores)
+  common = jax.grad(lambda tr: ((logits(tr) @ mean_err) * w).sum() / w.sum())(trainable)
   per_class = [_flat_vector(jax.grad(lambda s, c=c: ((
       logits({"params": run.params, "scores": s})[:, c]
       - logits({"params": run.params, "scores": s}).mean(-1)) * w).sum() / w.sum())(
@@ -627,7 +628,12 @@ def test_score_gradient_interventions_against_direct_gradients_on_a_tiny_run(int
         mode=mode)
     np.testing.assert_allclose(float(loss), float(trainer.task_loss(z, batch, "classification")),
                                rtol=1e-6)
-    np.testing.assert_allclose(_flat_vector(grads["params"]), _flat_vector(whole["params"]),
+    want = whole["params"]
+    if mode == "centred_weights":
+      want = jax.tree.map(jnp.subtract, whole["params"], common["params"])
+      bias = grads["params"]["classifier"]["bias"]  # its gradient is all common part
+      assert np.abs(bias).max() <= 1e-5 * np.abs(whole["params"]["classifier"]["bias"]).max()
+    np.testing.assert_allclose(_flat_vector(grads["params"]), _flat_vector(want),
                                rtol=1e-4, atol=1e-6)
     got[mode] = _flat_vector(grads["scores"])
     assert float(metrics["score_grad_norm"]) == pytest.approx(
@@ -648,9 +654,10 @@ def test_score_gradient_interventions_against_direct_gradients_on_a_tiny_run(int
   g = _flat_vector(whole["scores"])
   scale = np.abs(g).max()
   np.testing.assert_allclose(got["none"], g, atol=1e-5 * scale)
-  for mode in ("frozen", "project_update"):  # they change the update, not the gradient
+  for mode in ("frozen", "project_update", "centred_weights"):  # the scores' gradient as is
     np.testing.assert_allclose(got[mode], got["none"], rtol=1e-5, atol=1e-7 * scale)
-  np.testing.assert_allclose(got["centred"], g - _flat_vector(common), atol=1e-4 * scale)
+  np.testing.assert_allclose(got["centred"], g - _flat_vector(common["scores"]),
+                             atol=1e-4 * scale)
   assert np.abs(got["centred"] - g).max() > 0.01 * scale  # it did remove something
   new = got["project"]
   for gc in per_class:
