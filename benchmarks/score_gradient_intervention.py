@@ -72,7 +72,7 @@ from mvp_jax.errors import UserError  # noqa: E402
 MODES = ("none", "centred", "project", "project_update", "frozen", "centred_weights")
 STARTS = ("cut", "start")
 _MODE = flags.DEFINE_enum("intervention", None, MODES,
-                          "What to take out of the scores' gradient (see the module docstring).")
+                          "How to change the step (see the module docstring).")
 _START = flags.DEFINE_enum("intervention_start", "cut", STARTS,
                            "cut: from the first pruning step (level below 1; the run is the "
                            "plain run's until then); start: from the first step.")
@@ -105,7 +105,7 @@ def class_cotangents(weights: jax.Array, classes: int, dtype: Any) -> jax.Array:
   return (w[None, :, None] * basis[:, None, :]).astype(dtype)
 
 
-def project_out(g: Any, basis: Any) -> Any:
+def span_part(g: Any, basis: Any) -> Any:
   """The part of `g` in the span of `basis` (leaves with a leading [K] axis), least squares."""
   k = jax.tree.leaves(basis)[0].shape[0]
   rows = [jax.tree.map(lambda x, i=i: x[i], basis) for i in range(k)]
@@ -163,7 +163,7 @@ def intervened_grads(trainable: Mapping[str, Any], batch: Mapping[str, jax.Array
   metrics = {"score_grad_norm": jnp.sqrt(tree_dot(g, g))}
   if mode in ("centred", "project"):
     removed = (jax.tree.map(lambda x: x[0], extra) if mode == "centred"
-               else project_out(g, extra))
+               else span_part(g, extra))
     removed = jax.tree.map(lambda r: jnp.where(active, r, jnp.zeros_like(r)), removed)
     grads = {"params": grads["params"], "scores": jax.tree.map(jnp.subtract, g, removed)}
     metrics.update(removal_metrics(g, removed))
@@ -224,7 +224,7 @@ def intervened_train_step(state: trainer.TrainState, batch: Mapping[str, jax.Arr
     def edit(old, new):
       delta = jax.tree.map(jnp.subtract, new, old)
       removed["tree"] = jax.tree.map(lambda r: jnp.where(active, r, jnp.zeros_like(r)),
-                                     project_out(delta, basis))
+                                     span_part(delta, basis))
       removed["delta"] = delta
       return jax.tree.map(jnp.subtract, new, removed["tree"])
   new_state, metrics = trainer.apply_gradients(state, grads, masks, metrics, tx=tx, opts=opts,
