@@ -286,7 +286,12 @@ def make_logits(run: run_io.Run, features, batch_size: int):
 def make_margins(run: run_io.Run, features, batch_size: int):
   """margins(params) -> [N] logit[1] - logit[0] over every eval example, params already masked."""
   logits = make_logits(run, features, batch_size)
-  return lambda params: (lambda z: z[:, 1] - z[:, 0])(logits(params))
+
+  def margins(params) -> np.ndarray:
+    z = logits(params)
+    return z[:, 1] - z[:, 0]
+
+  return margins
 
 
 def step_level(run: run_io.Run, level: float | None) -> float:
