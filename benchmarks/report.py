@@ -187,6 +187,7 @@ def _step_model(name: str, sec: dict[str, Any], backend: str = "cpu") -> list[st
     "",
   ]
   within = sec.get("target", {}).get("within", {})
+  with_conds = any("conds_per_step" in r for r in sec["variants"].values())
   rows = []
   for v, r in sec["variants"].items():
     if v.startswith("torch_"):
@@ -207,6 +208,7 @@ def _step_model(name: str, sec: dict[str, Any], backend: str = "cpu") -> list[st
         _ratio(temp_ratio),
         _f(r.get("compile_s"), "{:.0f}"),
       ]
+      + ([str(r.get("conds_per_step", ""))] if with_conds else [])
     )
   lines += _table(
     [
@@ -219,9 +221,17 @@ def _step_model(name: str, sec: dict[str, Any], backend: str = "cpu") -> list[st
       "temp MiB",
       "temp / dense",
       "compile s",
-    ],
+    ]
+    + (["conds / step"] if with_conds else []),
     rows,
   )
+  if with_conds:
+    lines += [
+      "",
+      "conds / step: the conditionals every step meets (outside other conds' branches), the "
+      "tie rule of the top-k masks and soft movement's minimum retention; XLA's GPU runtime "
+      "waits for the device on each (`masks.default_joint_conds`).",
+    ]
   sort = sec.get("sort_over_sort_free") or {}
   notes = [
     f"sort-per-forward `{k}_sort` takes {_ratio(x)} the time of sort-free `{k}`"
@@ -388,6 +398,11 @@ BLOCKS: dict[str, tuple[Callable[[pathlib.Path], dict | None], Callable[[dict], 
   "step_stacked": (
     lambda d: _load(d / "step_stacked.json"),
     lambda res: render_step(res, title="Train step with stacked threshold searches"),
+  ),
+  # step.py --variants with the conds forced per matrix or shared, --out step_conds.json.
+  "step_conds": (
+    lambda d: _load(d / "step_conds.json"),
+    lambda res: render_step(res, title="Train step: one cond per matrix vs one shared cond"),
   ),
   "eval": (_eval_source, render_eval),
   # Runs on a GPU/TPU (step.py / masks.py --out benchmarks/results/<name>_accelerator.json).

@@ -87,6 +87,22 @@ JAX_VARIANTS: dict[str, tuple[dict | None, str]] = {
     dict(method="topk", scope="global", stack_search=True),
     "movement, global top-k, searched in stacks as topk_local_stacked",
   ),
+  "topk_local_percond": (
+    dict(method="topk"),
+    "movement, local top-k, one tie cond per matrix (the CPU default; one shared cond elsewhere)",
+  ),
+  "topk_local_jointcond": (
+    dict(method="topk"),
+    "movement, local top-k, every matrix's tie cond behind one shared cond (the default off CPU)",
+  ),
+  "sigmoid_threshold_percond": (
+    dict(method="sigmoid_threshold"),
+    "soft movement, one minimum-retention cond per matrix (the CPU default)",
+  ),
+  "sigmoid_threshold_jointcond": (
+    dict(method="sigmoid_threshold"),
+    "soft movement, the minimum-retention conds behind one shared cond (the default off CPU)",
+  ),
   "topk_local_sort": (
     dict(method="topk"),
     "movement, local top-k by a full sort per forward (the reference's approach)",
@@ -110,10 +126,14 @@ DEFAULT_VARIANTS = (
 # the stacked searches (meant for accelerators; slower on CPU, see benchmarks/masks.py).
 ACCELERATOR_VARIANTS = tuple(
   "topk_local_2bit" if v == "topk_local_1bit" else v for v in DEFAULT_VARIANTS
-) + ("topk_local_stacked", "topk_global_stacked")
+) + ("topk_local_stacked", "topk_global_stacked", "topk_local_percond",
+     "sigmoid_threshold_percond")
 TORCH_VARIANTS = ("torch_dense", "torch_topk_sort")
 # Variants that force the threshold search's bits per pass (name suffix -> bits).
 FORCED_BITS = {"_1bit": 1, "_2bit": 2}
+# Variants that force where the masks' data-dependent branches sit (`masks.default_joint_conds`):
+# one cond per matrix, or all behind one shared cond.
+FORCED_CONDS = {"_percond": False, "_jointcond": True}
 TARGET = 1.05  # issue 6: a movement-pruning step within 5% of the dense step
 # XLA options that halve compile time, for smoke tests only (the code they produce is slower).
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -308,6 +328,34 @@ def radix_bits(bits: int | None):
     yield
 
 
+@contextlib.contextmanager
+def joint_conds(enabled: bool | None):
+  """While active, `masks.default_joint_conds` returns ``enabled`` (trace time only)."""
+  if enabled is None:
+    yield
+    return
+  with mock.patch.object(masks, "default_joint_conds", lambda: enabled):
+    yield
+
+
+def unconditional_conds(jaxpr: Any) -> int:
+  """The conds a run of ``jaxpr`` always meets: those outside every cond's branches (sub-jaxprs
+  of other primitives, such as jit, custom_vjp or loop bodies, are searched; a loop body's
+  conds count once)."""
+  n = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "cond":
+      n += 1
+      continue
+    for v in eqn.params.values():
+      for x in v if isinstance(v, tuple | list) else (v,):
+        if isinstance(x, jax.extend.core.ClosedJaxpr):
+          n += unconditional_conds(x.jaxpr)
+        elif isinstance(x, jax.extend.core.Jaxpr):
+          n += unconditional_conds(x)
+  return n
+
+
 # ----------------------------------------------------------------------------------------------
 # JAX train step variants
 # ----------------------------------------------------------------------------------------------
@@ -361,6 +409,7 @@ class JaxStepVariant:
   compile_s: float
   lower_s: float
   memory: dict[str, int | None]
+  conds: int | None = None  # conds the step always meets (`unconditional_conds`)
   state: Any = None
 
   def start_round(self) -> None:
@@ -474,9 +523,15 @@ def build_jax_variant(
   )
   start = time.perf_counter()
   bits = next((b for suffix, b in FORCED_BITS.items() if name.endswith(suffix)), None)
-  with sort_based_topk(name.endswith("_sort")), radix_bits(bits):
+  joint = next((j for suffix, j in FORCED_CONDS.items() if name.endswith(suffix)), None)
+  with sort_based_topk(name.endswith("_sort")), radix_bits(bits), joint_conds(joint):
     lowered = jit_step.lower(abstract, batch, None)
-  lower_s = time.perf_counter() - start
+    lower_s = time.perf_counter() - start
+    # A second trace (not timed): the conds every step meets, the tie rule's ones on GPU/TPU
+    # each cost a round trip to the host (see `masks.default_joint_conds`).
+    conds = unconditional_conds(jax.make_jaxpr(
+      lambda st, b: trainer.train_step(st, b, None, model=model, teacher_model=None, tx=tx,
+                                       opts=opts))(abstract, batch).jaxpr)
   compiled = lowered.compile(compiler_options=compiler_options)
   compile_s = time.perf_counter() - start
   return JaxStepVariant(
@@ -488,6 +543,7 @@ def build_jax_variant(
     compile_s=compile_s,
     lower_s=lower_s,
     memory=memory_of(compiled),
+    conds=conds,
   )
 
 
@@ -812,6 +868,8 @@ def bench_train_step(
       "lower_s": getattr(v, "lower_s", None),
       "memory_bytes": v.memory,
     }
+    if getattr(v, "conds", None) is not None:
+      row["conds_per_step"] = v.conds
     if v.name.startswith("torch_"):
       ref = statistics.median(times["torch_dense"])
       row["ratio_to_torch_dense"] = row["median_s"] / ref
@@ -835,7 +893,7 @@ def bench_train_step(
       for n, r in vs.items()
       if n not in ("dense",)
       and not n.startswith("torch_")
-      and not n.endswith(("_sort", *FORCED_BITS))
+      and not n.endswith(("_sort", *FORCED_BITS, *FORCED_CONDS))
       and r.get("ratio_to_dense") is not None
     },
   }

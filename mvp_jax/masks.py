@@ -26,7 +26,9 @@ threshold value are broken deterministically: among the scores equal to the thre
 ones in (leaf order, row-major flattened index) order are kept. The ties' quota is handed out in
 leaf order, so at most one matrix per group keeps only some of its ties; a second bisection, over
 that matrix's row-major index and inside a ``lax.cond`` (one per matrix, or per stack),
-finds where they stop. Exactly ``k`` entries are kept.
+finds where they stop. Exactly ``k`` entries are kept. Off CPU those conds, and soft movement's
+minimum-retention ones, sit behind one shared cond per mask computation
+(`default_joint_conds`): XLA's GPU runtime waits for the device on every conditional.
 
 Each pass counts every matrix in its own reduction, unless same-shaped matrices are given one
 stacking key (``stack_keys``; `pruning.PruningSpec.stack_search` keys each kernel's copies in
@@ -329,32 +331,71 @@ def _check_bits(bits: int | None) -> int:
   return bits
 
 
+def _whole_ties(blk: _Block, t: jax.Array, take: jax.Array) -> jax.Array:
+  """bool of the keys' shape: all of each member's ties ``keys == t`` where it keeps any
+  (``take`` > 0), none otherwise: the tie rule when no member keeps only some."""
+  return (blk.keys == blk.view(t)) & blk.view(take > 0)
+
+
+def _first_ties(blk: _Block, t: jax.Array, take: jax.Array) -> jax.Array:
+  """bool of the keys' shape: the first ``take`` ([] or [P]) ties ``keys == t`` of each member
+  in its row-major order, by a bisection over the member-local row-major index for the
+  largest J with ``count(eq & idx < J) < take``: ``eq & idx <= J`` keeps exactly ``take``."""
+  eq = blk.keys == blk.view(t)
+  nbits = max(1, (int(np.prod(blk.keys.shape[blk.batch:])) - 1).bit_length())
+  idx = blk.index()  # built inside a branch: an untied step never materialises it
+
+  def body(i, j):
+    cand = j | (jnp.int32(1) << (nbits - 1 - i))
+    n = blk.count([eq & (idx < blk.view(cand))], fused=False)[0]
+    return jnp.where(n < take, cand, j)
+
+  last = lax.fori_loop(0, nbits, body, jnp.zeros(take.shape, jnp.int32))
+  return eq & (idx <= blk.view(last)) & blk.view(take > 0)
+
+
 def _kept_ties(blk: _Block, t: jax.Array, take: jax.Array, partial: jax.Array) -> jax.Array:
   """bool of the keys' shape: the ties ``keys == t`` that each member keeps, the first
   ``take`` ([] or [P]) in its row-major order.
 
   Where no member keeps only some of its ties (``partial`` False, the usual case) that is all
-  or none of them. Otherwise a bisection over the member-local row-major index finds, per
-  member, the largest J with ``count(eq & idx < J) < take``: ``eq & idx <= J`` keeps exactly
-  ``take`` ties. It runs inside a cond, one per block, so an untied threshold costs no pass
-  (one cond for all blocks, tried first, made the masks of MiniLM's 36 matrices about 3x
-  slower on CPU).
+  or none of them (`_whole_ties`); otherwise the index bisection of `_first_ties`, inside a
+  cond, so that an untied threshold costs no pass.
   """
-  eq = blk.keys == blk.view(t)
-  nbits = max(1, (int(np.prod(blk.keys.shape[blk.batch:])) - 1).bit_length())
+  return lax.cond(partial, lambda: _first_ties(blk, t, take), lambda: _whole_ties(blk, t, take))
 
-  def first_take(eq, take):
-    idx = blk.index()  # built inside the branch: an untied step never materialises it
 
-    def body(i, j):
-      cand = j | (jnp.int32(1) << (nbits - 1 - i))
-      n = blk.count([eq & (idx < blk.view(cand))], fused=False)[0]
-      return jnp.where(n < take, cand, j)
+def default_joint_conds() -> bool:
+  """Whether the data-dependent branches of a mask computation (the tie rule of each block,
+  soft movement's minimum retention of each matrix) sit behind one shared condition.
 
-    last = lax.fori_loop(0, nbits, body, jnp.zeros(take.shape, jnp.int32))
-    return eq & (idx <= blk.view(last)) & blk.view(take > 0)
+  False on CPU: one cond per block or matrix, where a conditional is cheap (an earlier design,
+  one cond whose branch bisected every block, made the masks of MiniLM's 36 matrices about 3x
+  slower on CPU; the shared cond here, with the per-block conds nested in its branch, measured
+  0.92-1.02x the per-matrix train step on CPU, docs/results.md). True elsewhere: XLA's GPU
+  runtime copies every conditional's predicate to the host and waits for the stream to drain
+  before it picks a branch, so per-matrix conds cost a device round trip each (36 per mask
+  computation on MiniLM, 72 on BERT-base); with one shared cond an untied step pays one, and a
+  step where some block needs its branch runs the per-block conds inside it. With it, local
+  top-k uses the shared search loop. The masks are the same.
+  """
+  return jax.default_backend() != "cpu"
 
-  return lax.cond(partial, first_take, lambda eq, take: eq & blk.view(take > 0), eq, take)
+
+def _kept_ties_all(
+  blocks: Sequence[_Block], ts: Sequence[jax.Array], takes: Sequence[jax.Array],
+  partials: Sequence[jax.Array],
+) -> list[jax.Array]:
+  """`_kept_ties` of every block; with `default_joint_conds` and several blocks, behind one
+  cond on whether any block keeps only some of its ties."""
+  args = list(zip(blocks, ts, takes, partials, strict=True))
+  if len(args) < 2 or not default_joint_conds():
+    return [_kept_ties(*a) for a in args]
+  return lax.cond(
+    jnp.any(jnp.stack(list(partials))),
+    lambda: [_kept_ties(*a) for a in args],
+    lambda: [_whole_ties(blk, t, take) for blk, t, take, _ in args],
+  )
 
 
 def _blocks_of(leaves: Sequence[jax.Array], stack_key: Sequence[Hashable] | None):
@@ -432,11 +473,15 @@ def topk_select_groups(
   for i, g in enumerate(group_of):
     take[i] = jnp.clip(quota[g] - given[g], 0, n_eq[i])
     given[g] = given[g] + n_eq[i]
+  tks, partials = [], []
+  for blk in blocks:
+    tks.append(jnp.stack([take[i] for i in blk.members]) if blk.batch else take[blk.members[0]])
+    partials.append(jnp.any(jnp.stack([(take[i] > 0) & (take[i] < n_eq[i])
+                                       for i in blk.members])))
+  ties = _kept_ties_all(blocks, t_of, tks, partials)
   out: list[list[jax.Array]] = [[] for _ in groups]
-  for blk, tb in zip(blocks, t_of, strict=True):
-    tk = jnp.stack([take[i] for i in blk.members]) if blk.batch else take[blk.members[0]]
-    partial = jnp.any(jnp.stack([(take[i] > 0) & (take[i] < n_eq[i]) for i in blk.members]))
-    kept = (blk.keys > blk.view(tb)) | _kept_ties(blk, tb, tk, partial)
+  for blk, tb, tied in zip(blocks, t_of, ties, strict=True):
+    kept = (blk.keys > blk.view(tb)) | tied
     for p, i in enumerate(blk.members):
       out[group_of[i]].append((i, blk.member(kept, p)))
   return [[x for _, x in sorted(g, key=lambda e: e[0])] for g in out]
@@ -536,7 +581,7 @@ def _local_select(
   stack_keys: Sequence[Hashable] | None = None,
 ) -> list[jax.Array]:
   ks = [keep_count(level, int(a.size)) for a in arrays]
-  if stack_keys is not None or _use_shared_loop(shared_loop):
+  if stack_keys is not None or _use_shared_loop(shared_loop) or default_joint_conds():
     keys = None if stack_keys is None else [[key] for key in stack_keys]
     return [h[0] for h in topk_select_groups([[a] for a in arrays], jnp.stack(ks), keys)]
   return [topk_select([a], k)[0] for a, k in zip(arrays, ks, strict=True)]
@@ -552,7 +597,8 @@ def local_topk_masks(
     scores: float32 arrays, any shapes.
     level: [] keep fraction in [0, 1], may be traced.
     shared_loop: search all matrices in one loop (True) or one loop each (False); None picks
-      by backend (shared on GPU/TPU, separate on CPU). The masks are identical either way.
+      by backend (shared on GPU/TPU, separate on CPU). `default_joint_conds` implies a shared
+      loop (its one cond covers the blocks of one search). The masks are identical either way.
     stack_keys: None, or one hashable per array: same-shaped arrays with equal keys are
       searched as one stacked block in the shared loop (`topk_select_groups`; implies
       ``shared_loop``). The masks do not depend on it.
@@ -599,6 +645,42 @@ def sigmoid_threshold_mask(
       lambda: hard,
     )
   return straight_through(scores, hard.astype(jnp.float32))
+
+
+def sigmoid_threshold_masks(
+  scores: Sequence[jax.Array], tau: jax.typing.ArrayLike, min_retention: float = 0.005
+) -> list[jax.Array]:
+  """`sigmoid_threshold_mask` of each array (one tau for all); straight-through.
+
+  With `default_joint_conds` (off CPU) the minimum-retention rule of all arrays sits behind one
+  cond, taken when any array keeps too few: its branch finds every array's top
+  ``int(min_retention * size) + 1`` in one shared search and uses it where an array falls
+  short. Otherwise each array has its own cond, as in `sigmoid_threshold_mask`. The masks are
+  the same.
+
+  Args:
+    scores: float32 arrays, any shapes.
+    tau: [] threshold on sigmoid(scores), may be traced.
+    min_retention: fraction; <= 0 disables the rule.
+
+  Returns:
+    float32 0/1 masks, one per input.
+  """
+  scores = list(scores)
+  if len(scores) < 2 or not default_joint_conds():
+    return [sigmoid_threshold_mask(s, tau, min_retention) for s in scores]
+  ss = [lax.stop_gradient(s).astype(jnp.float32) for s in scores]
+  hard = [jax.nn.sigmoid(s) > jnp.asarray(tau, jnp.float32) for s in ss]
+  n_min = [min_retention_count(int(s.size), min_retention) for s in ss]
+  if any(n_min):
+    short = [count_true(h) < n if n else jnp.bool_(False) for h, n in zip(hard, n_min, strict=True)]
+
+    def retained():
+      top = topk_select_groups([[s] for s in ss], jnp.asarray(n_min, jnp.int32))
+      return [jnp.where(sh, t[0], h) for sh, t, h in zip(short, top, hard, strict=True)]
+
+    hard = lax.cond(jnp.any(jnp.stack(short)), retained, lambda: hard)
+  return [straight_through(s, h.astype(jnp.float32)) for s, h in zip(scores, hard, strict=True)]
 
 
 def magnitude_mask(weights: jax.Array, level: jax.typing.ArrayLike) -> jax.Array:

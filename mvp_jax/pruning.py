@@ -348,9 +348,8 @@ def _flat_masks(
       got = masks_lib.local_topk_masks(ranked, level, stack_keys=keys)
     return dict(zip(paths, got, strict=True))
   if spec.method == "sigmoid_threshold":
-    return {
-      p: masks_lib.sigmoid_threshold_mask(scores[p], level, spec.min_retention) for p in paths
-    }
+    got = masks_lib.sigmoid_threshold_masks([scores[p] for p in paths], level, spec.min_retention)
+    return dict(zip(paths, got, strict=True))
   # l0: one independent draw per leaf, derived from the leaf's position in sorted path order.
   return {
     p: masks_lib.l0_mask(scores[p], None if rng is None else jax.random.fold_in(rng, i))

@@ -92,6 +92,11 @@ def test_step_benchmark_runs_and_writes_results(step, report, tmp_path):
     if not name.startswith("torch_"):
       assert row["memory_bytes"]["peak"] > 0, name
   assert sec["variants"]["dense"]["ratio_to_dense"] == 1.0
+  # The conds every step meets: one per pruned matrix (six in the one-layer model) for the
+  # tie rule and for soft movement's minimum retention on CPU; none for dense, L0 or the sort.
+  conds = {n: r.get("conds_per_step") for n, r in sec["variants"].items()}
+  assert conds["dense"] == conds["l0"] == conds["topk_local_sort"] == 0, conds
+  assert conds["topk_local"] == conds["magnitude"] == conds["sigmoid_threshold"] == 6, conds
   assert set(sec["sort_over_sort_free"]) == {"topk_local"}
   assert sec["one_bit_over_default"] > 0
   assert "topk_local" in sec["target"]["within"]
@@ -113,6 +118,23 @@ def test_step_benchmark_runs_and_writes_results(step, report, tmp_path):
   assert "`topk_local_sort`" in first and "`torch_topk_sort`" in first
   report.update_doc(doc, tmp_path)
   assert doc.read_text() == first
+
+
+def test_forced_cond_variants_count_their_conds(step):
+  # `_jointcond` / `_percond` force where the masks' branches sit, whatever the backend: one
+  # shared cond a step, or one per matrix (six here). The masks do not depend on it (tests in
+  # test_masks.py); the step variants exist to time the difference on an accelerator.
+  model, params = step.random_model(step.tiny_config(layers=1))
+  batch = step.make_batch(model.config, 8, 8)
+  got = {
+    name: step.build_jax_variant(name, model, params, batch, level=0.1, tau=0.69, l0_lambda=1.0,
+                                 sigmoid_lambda=1.0, compiler_options=step.FAST_COMPILE).conds
+    for name in ("topk_local_jointcond", "topk_local_percond", "sigmoid_threshold_jointcond",
+                 "sigmoid_threshold_percond")
+  }
+  assert got == {"topk_local_jointcond": 1, "topk_local_percond": 6,
+                 "sigmoid_threshold_jointcond": 1, "sigmoid_threshold_percond": 6}
+  assert {"topk_local_percond", "sigmoid_threshold_percond"} <= set(step.ACCELERATOR_VARIANTS)
 
 
 def test_minilm_config_is_the_packaged_models_shape(step):

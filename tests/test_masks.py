@@ -1,6 +1,7 @@
 """Binarizers: exact counts and tie order against a sort oracle, gradients, no recompiles."""
 
 from fractions import Fraction
+from unittest import mock
 
 import chex
 import hypothesis.strategies as st
@@ -275,6 +276,75 @@ def test_stacked_search_counts_each_block_once_per_pass(bits, monkeypatch):
   assert _search_reductions(lambda s: masks.local_topk_masks(s, 0.1, shared_loop=True), ss) == 12
 
 
+def _unconditional_conds(jaxpr) -> int:
+  """Conds a run of the program always meets: those outside any cond's branches."""
+  n = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "cond":
+      n += 1
+    else:
+      n += sum(_unconditional_conds(sub) for sub in _sub_jaxprs(eqn))
+  return n
+
+
+def _joint(enabled: bool):
+  return mock.patch.object(masks, "default_joint_conds", lambda: enabled)
+
+
+def _conds(fn, ss, joint: bool) -> int:
+  with _joint(joint):  # a fresh wrapper: make_jaxpr caches traces per function
+    return _unconditional_conds(jax.make_jaxpr(lambda s: fn(s))(ss).jaxpr)
+
+
+def test_joint_conds_put_every_branch_behind_one():
+  # Off CPU (`default_joint_conds`) an untied mask computation meets one cond, not one per
+  # matrix: XLA's GPU runtime syncs the host on every conditional's predicate.
+  ss = [jnp.ones(s) for s in [(8, 16), (16, 8)] * 6]
+  kinds = ["up", "down"] * 6
+  fns = {
+    "local": lambda s: masks.local_topk_masks(s, 0.1, shared_loop=True),
+    "global": lambda s: masks.global_topk_masks(s, 0.1),
+    "magnitude": lambda s: masks.local_magnitude_masks(s, 0.1, shared_loop=True),
+    "stacked": lambda s: masks.local_topk_masks(s, 0.1, stack_keys=kinds),
+    "sigmoid": lambda s: masks.sigmoid_threshold_masks(s, 0.5),
+  }
+  per_block = {name: _conds(fn, ss, joint=False) for name, fn in fns.items()}
+  assert per_block == {"local": 12, "global": 12, "magnitude": 12, "stacked": 2, "sigmoid": 12}
+  assert {name: _conds(fn, ss, joint=True) for name, fn in fns.items()} == dict.fromkeys(fns, 1)
+  # One matrix, or no minimum retention: nothing to share (and no cond at all for the latter).
+  assert _conds(lambda s: masks.local_topk_masks(s[:1], 0.1, shared_loop=True), ss, True) == 1
+  assert _conds(lambda s: masks.sigmoid_threshold_masks(s, 0.5, 0.0), ss, True) == 0
+
+
+_JOINT_FNS = {
+  joint: (
+    jax.jit(lambda ss, lv: masks.local_topk_masks(ss, lv, shared_loop=True)),
+    jax.jit(masks.global_topk_masks),
+    jax.jit(lambda ws, lv: masks.local_magnitude_masks(ws, lv, shared_loop=True)),
+    jax.jit(lambda ss, lv: masks.local_topk_masks(ss, lv, stack_keys=["k"] * len(ss))),
+  )
+  for joint in (False, True)
+}
+
+
+@given(arrays=score_arrays(LEAF_SETS + STACK_SETS), level=levels)
+@SETTINGS
+def test_joint_conds_same_masks(arrays, level):
+  # Ties of every kind (partial in one matrix, in several, none): one shared cond gives the
+  # per-block conds' masks, which are the oracle's.
+  ss = [jnp.asarray(a) for a in arrays]
+  got = {}
+  for joint, fns in _JOINT_FNS.items():
+    with _joint(joint):
+      got[joint] = [f(ss, level) for f in fns]
+  for m_sep, m_joint in zip(got[False], got[True], strict=True):
+    for a, b in zip(m_sep, m_joint, strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for a, m in zip(arrays, got[True][0], strict=True):
+    _check_topk([a], [m], oracle_keep_count(level, a.size))
+  _check_topk(arrays, got[True][1], oracle_keep_count(level, sum(a.size for a in arrays)))
+
+
 def test_topk_large_ties_and_extremes():
   s = jnp.zeros((256, 3072))  # the constant-0 init: every score tied
   for level in (0.0, 0.1, 0.5, 1.0):
@@ -323,6 +393,28 @@ def test_sigmoid_min_retention_rule():
   assert np.asarray(masks.sigmoid_threshold_mask(jnp.asarray(s), 0.1, 0.0)).sum() == 0
   tied = np.asarray(masks.sigmoid_threshold_mask(jnp.full((40, 50), -9.0), 0.1))
   assert tied.sum() == 11 and tied.ravel()[:11].all()
+
+
+_SIGMOID_MANY = {
+  joint: jax.jit(lambda ss, tau: masks.sigmoid_threshold_masks(ss, tau)) for joint in (False, True)
+}
+
+
+@given(
+  arrays=score_arrays(LEAF_SETS),
+  tau=st.sampled_from([0.0, 0.1, 0.5, 0.99]),
+  shifts=st.lists(st.sampled_from([-8.0, -2.0, 0.0, 3.0]), min_size=3, max_size=3),
+)
+@SETTINGS
+def test_sigmoid_threshold_masks_joint_matches_oracle(arrays, tau, shifts):
+  # Some matrices short of the minimum, some not: one shared cond or one per matrix, the
+  # oracle's masks either way.
+  ss = [a + np.float32(sh) for a, sh in zip(arrays, shifts, strict=False)]
+  for joint, fn in _SIGMOID_MANY.items():
+    with _joint(joint):
+      got = fn([jnp.asarray(s) for s in ss], tau)
+    for s, m in zip(ss, got, strict=True):
+      np.testing.assert_array_equal(np.asarray(m).astype(bool), _sigmoid_oracle(s, tau))
 
 
 def test_l0_masks():

@@ -32,15 +32,19 @@ def _scores(kind):
 SPECS = [P(None, "model"), P("data", "model"), P("model", None)]
 
 
+@pytest.mark.parametrize("joint", [False, True])
 @pytest.mark.parametrize("kind", ["normal", "ties"])
-def test_sharded_masks_equal_single_device(mesh, kind):
+def test_sharded_masks_equal_single_device(mesh, kind, joint, monkeypatch):
+  # joint: every block's tie rule (and soft movement's minimum retention) behind one cond, as
+  # off CPU (`masks.default_joint_conds`).
+  monkeypatch.setattr(masks, "default_joint_conds", lambda: joint)
   scores = _scores(kind)
   sharded = [
     jax.device_put(s, NamedSharding(mesh, sp)) for s, sp in zip(scores, SPECS, strict=True)
   ]
-  glob = jax.jit(masks.global_topk_masks)
+  glob = jax.jit(lambda ss, level: masks.global_topk_masks(ss, level))
   loc = jax.jit(lambda ss, level: masks.local_topk_masks(ss, level, shared_loop=True))
-  soft = jax.jit(lambda ss, tau: [masks.sigmoid_threshold_mask(s - 6.0, tau) for s in ss])
+  soft = jax.jit(lambda ss, tau: masks.sigmoid_threshold_masks([s - 6.0 for s in ss], tau))
   for fn, level in ((glob, 0.3), (loc, 0.3), (soft, 0.1)):
     want = fn(scores, level)
     got = fn(sharded, level)
@@ -99,8 +103,10 @@ def _search(ss, k, bits=None):
 
 
 def test_one_bit_search_only_all_reduces(mesh, monkeypatch):
-  # The one-bit bisection (the default off CPU): scalar count all-reduces, nothing else.
+  # The one-bit bisection with one shared cond (the defaults off CPU): scalar count
+  # all-reduces, nothing else.
   monkeypatch.setattr(masks, "default_radix_bits", lambda: 1)
+  monkeypatch.setattr(masks, "default_joint_conds", lambda: True)
   scores = _sharded_scores(mesh)
   assert _collectives(_search, scores, jnp.int32(100)) == {"all-reduce"}
   # The whole binarizer, tie-breaking branch included, and its straight-through gradient.
