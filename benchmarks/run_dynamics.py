@@ -6,7 +6,8 @@ together, before clipping), the mask churn (`pruning.mask_change` between the ma
 after an update at the step's level: the weights the scores re-rank, not those the schedule
 removes), the task loss and the keep level (and, for runs of
 `benchmarks/score_gradient_intervention.py`, the scores' gradient norm and the share of it the
-intervention removed, with the intervention's name); and the run's logged evaluations. Used to
+intervention removed, with the intervention's name); the run's logged evaluations; and its
+`course`: the step by which it died and came back, by the rule of `course`. Used to
 compare a run that collapses with one that does not (docs/results.md, which lists the command
 that wrote dynamics_sst2_trec.json):
 
@@ -69,6 +70,43 @@ def summarise(rows: Sequence[dict[str, Any]], windows: Sequence[tuple[int, int]]
   return out
 
 
+def course(
+  rows: Sequence[dict[str, Any]], block: int = 25, dead: float = 0.66, back: float = 0.65,
+  hold: int = 2,
+) -> dict[str, int | None]:
+  """When a pruned run died and came back, by its task loss (the rule of docs/results.md).
+
+  The logged steps are cut into blocks of ``block`` steps, (k - 1) * block < step <= k * block,
+  and each block's median task loss taken. From the first pruning step on (level below 1),
+  ``dead_by`` is the end step of the first block that starts ``hold`` consecutive blocks at
+  ``dead`` or above (0.66 against a two-class chance level of 0.69); ``back_by`` the end step of
+  the first later block that starts ``hold`` consecutive blocks below ``back``. None: never.
+
+  Args:
+    rows: metrics rows with "step", "train/task_loss" and "train/level".
+  """
+  start = min((r["step"] for r in rows if r.get("train/level", 1.0) < 1.0), default=None)
+  if start is None:
+    return {"dead_by": None, "back_by": None}
+  losses: dict[int, list[float]] = {}
+  for r in rows:
+    if "train/task_loss" in r:
+      losses.setdefault(-(-r["step"] // block), []).append(r["train/task_loss"])
+  ends = sorted(k for k in losses if k * block >= start)
+  medians = {k: statistics.median(losses[k]) for k in ends}
+
+  def first(after: int, test) -> int | None:
+    for k in ends:
+      run = [k + j for j in range(hold)]
+      if k * block > after and all(j in medians and test(medians[j]) for j in run):
+        return k * block
+    return None
+
+  dead_by = first(0, lambda x: x >= dead)
+  back_by = None if dead_by is None else first(dead_by, lambda x: x < back)
+  return {"dead_by": dead_by, "back_by": back_by}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("workdirs", type=pathlib.Path, nargs="+")
@@ -92,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       "windows": summarise(rows, windows),
       "last_eval": evals[-1] if evals else None,
       "evals": evals,
+      "course": course(rows),
       "intervention": (json.loads(intervention.read_text())["intervention"]
                        if intervention.is_file() else None),
     }

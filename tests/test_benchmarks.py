@@ -812,6 +812,26 @@ def test_run_dynamics_medians_per_window(tmp_path):
     dyn.main([str(tmp_path / "missing"), "--windows", "1-2", "--out", str(out)])
 
 
+def test_run_dynamics_course_dead_and_back():
+  # Blocks of 25 steps, from the first pruning step on: dead where two blocks in a row have a
+  # median task loss >= 0.66, back where two later blocks in a row are below 0.65.
+  dyn = load_benchmark("run_dynamics")
+
+  def rows(losses, prune_from=101):
+    return [{"step": s, "train/task_loss": x, "train/level": 1.0 if s < prune_from else 0.5}
+            for s, x in zip(range(5, 5 * len(losses) + 1, 5), losses, strict=True)]
+
+  # 0.69 during the dense warm-up does not count; dead over 126-175, back over 226-275.
+  losses = [0.69] * 20 + [0.5] * 5 + [0.7] * 10 + [0.67, 0.6, 0.6, 0.6, 0.6] + [0.7] * 5
+  losses += [0.3] * 10 + [0.7] * 5
+  assert dyn.course(rows(losses)) == {"dead_by": 150, "back_by": 250}
+  # One block above the line is not death; a single block below it is not a return.
+  flicker = [0.5] * 25 + [0.7] * 5 + [0.5] * 5 + [0.7] * 10 + [0.6] * 5 + [0.7] * 10
+  assert dyn.course(rows(flicker)) == {"dead_by": 200, "back_by": None}
+  assert dyn.course(rows([0.4] * 60)) == {"dead_by": None, "back_by": None}
+  assert dyn.course(rows([0.7] * 60, prune_from=10**6)) == {"dead_by": None, "back_by": None}
+
+
 def test_trec_regrouped_keeps_questions_and_merges_classes(tmp_path, capsys):
   """The files hold TREC's questions, split and order unchanged, with each question's coarse
   class replaced by its group, and read back through data.source='files' as 2 or 3 classes."""
