@@ -527,11 +527,13 @@ def build_jax_variant(
   with sort_based_topk(name.endswith("_sort")), radix_bits(bits), joint_conds(joint):
     lowered = jit_step.lower(abstract, batch, None)
     lower_s = time.perf_counter() - start
-    # A second trace (not timed): the conds every step meets, the tie rule's ones on GPU/TPU
-    # each cost a round trip to the host (see `masks.default_joint_conds`).
+    # A second trace (left out of compile_s): the conds every step meets, the tie rule's ones on
+    # GPU/TPU each cost a round trip to the host (see `masks.default_joint_conds`).
+    traced = time.perf_counter()
     conds = unconditional_conds(jax.make_jaxpr(
       lambda st, b: trainer.train_step(st, b, None, model=model, teacher_model=None, tx=tx,
                                        opts=opts))(abstract, batch).jaxpr)
+    start += time.perf_counter() - traced
   compiled = lowered.compile(compiler_options=compiler_options)
   compile_s = time.perf_counter() - start
   return JaxStepVariant(
