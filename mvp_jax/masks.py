@@ -618,6 +618,16 @@ def min_retention_count(size: int, min_retention: float) -> int:
   return min(int(min_retention * size) + 1, size)
 
 
+def _sigmoid_hard(
+  scores: jax.Array, tau: jax.typing.ArrayLike, min_retention: float
+) -> tuple[jax.Array, jax.Array, int]:
+  """Soft movement's pieces for one array: (float32 scores without gradient, bool
+  ``sigmoid(S) > tau``, the minimum-retention count, 0 when the rule is off)."""
+  s = lax.stop_gradient(scores).astype(jnp.float32)
+  hard = jax.nn.sigmoid(s) > jnp.asarray(tau, jnp.float32)
+  return s, hard, min_retention_count(int(s.size), min_retention)
+
+
 def sigmoid_threshold_mask(
   scores: jax.Array, tau: jax.typing.ArrayLike, min_retention: float = 0.005
 ) -> jax.Array:
@@ -635,9 +645,7 @@ def sigmoid_threshold_mask(
   Returns:
     [in, out] float32 0/1 mask.
   """
-  s = lax.stop_gradient(scores).astype(jnp.float32)
-  hard = jax.nn.sigmoid(s) > jnp.asarray(tau, jnp.float32)
-  n_min = min_retention_count(int(s.size), min_retention)
+  s, hard, n_min = _sigmoid_hard(scores, tau, min_retention)
   if n_min > 0:
     hard = lax.cond(
       count_true(hard) < n_min,
@@ -669,9 +677,8 @@ def sigmoid_threshold_masks(
   scores = list(scores)
   if len(scores) < 2 or not default_joint_conds():
     return [sigmoid_threshold_mask(s, tau, min_retention) for s in scores]
-  ss = [lax.stop_gradient(s).astype(jnp.float32) for s in scores]
-  hard = [jax.nn.sigmoid(s) > jnp.asarray(tau, jnp.float32) for s in ss]
-  n_min = [min_retention_count(int(s.size), min_retention) for s in ss]
+  ss, hard, n_min = (list(x) for x in zip(
+    *(_sigmoid_hard(s, tau, min_retention) for s in scores), strict=True))
   if any(n_min):
     short = [count_true(h) < n if n else jnp.bool_(False) for h, n in zip(hard, n_min, strict=True)]
 
