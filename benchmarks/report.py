@@ -45,6 +45,15 @@ def _f(x: Any, fmt: str = "{:.3f}", missing: str = "n/a") -> str:
   return missing if x is None else fmt.format(x)
 
 
+def _draws(row: dict[str, Any]) -> str:
+  """'12,345,678' random words, with the PRNG implementation when it is not the default."""
+  n = row.get("random_words_per_step")
+  if n is None:
+    return ""
+  impl = row.get("prng_impl")
+  return f"{n:,}" + (f" ({impl})" if impl and impl != "threefry2x32" else "")
+
+
 def _ms(seconds: float | None) -> str:
   return _f(None if seconds is None else 1000 * seconds, "{:.1f}")
 
@@ -188,6 +197,7 @@ def _step_model(name: str, sec: dict[str, Any], backend: str = "cpu") -> list[st
   ]
   within = sec.get("target", {}).get("within", {})
   with_conds = any("conds_per_step" in r for r in sec["variants"].values())
+  with_draws = any("random_words_per_step" in r for r in sec["variants"].values())
   rows = []
   for v, r in sec["variants"].items():
     if v.startswith("torch_"):
@@ -209,6 +219,7 @@ def _step_model(name: str, sec: dict[str, Any], backend: str = "cpu") -> list[st
         _f(r.get("compile_s"), "{:.0f}"),
       ]
       + ([str(r.get("conds_per_step", ""))] if with_conds else [])
+      + ([_draws(r)] if with_draws else [])
     )
   lines += _table(
     [
@@ -222,7 +233,8 @@ def _step_model(name: str, sec: dict[str, Any], backend: str = "cpu") -> list[st
       "temp / dense",
       "compile s",
     ]
-    + (["conds / step"] if with_conds else []),
+    + (["conds / step"] if with_conds else [])
+    + (["random words / step"] if with_draws else []),
     rows,
   )
   if with_conds:
@@ -231,6 +243,13 @@ def _step_model(name: str, sec: dict[str, Any], backend: str = "cpu") -> list[st
       "conds / step: the conditionals every step meets (outside other conds' branches), the "
       "tie rule of the top-k masks and soft movement's minimum retention; XLA's GPU runtime "
       "waits for the device on each (`masks.default_joint_conds`).",
+    ]
+  if with_draws:
+    lines += [
+      "",
+      "random words / step: 32-bit words the step draws from its PRNG (`jax.random.bits`), "
+      "dropout's one per activation and L0's one per pruned weight; the implementation is named "
+      "where it is not threefry2x32.",
     ]
   sort = sec.get("sort_over_sort_free") or {}
   notes = [
@@ -403,6 +422,11 @@ BLOCKS: dict[str, tuple[Callable[[pathlib.Path], dict | None], Callable[[dict], 
   "step_conds": (
     lambda d: _load(d / "step_conds.json"),
     lambda res: render_step(res, title="Train step: one cond per matrix vs one shared cond"),
+  ),
+  # step.py --variants with L0's noise removed or drawn by rbg, --out step_l0.json.
+  "step_l0": (
+    lambda d: _load(d / "step_l0.json"),
+    lambda res: render_step(res, title="Train step: where L0's cost goes"),
   ),
   "eval": (_eval_source, render_eval),
   # Runs on a GPU/TPU (step.py / masks.py --out benchmarks/results/<name>_accelerator.json).

@@ -37,6 +37,7 @@ import datetime
 import functools
 import gc
 import json
+import math
 import os
 import pathlib
 import platform
@@ -45,7 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from unittest import mock
 
@@ -103,6 +104,15 @@ JAX_VARIANTS: dict[str, tuple[dict | None, str]] = {
     dict(method="sigmoid_threshold"),
     "soft movement, the minimum-retention conds behind one shared cond (the default off CPU)",
   ),
+  "l0_nonoise": (
+    dict(method="l0"),
+    "hard-concrete L0 with the noise-free gate in the step (timing only: isolates the per-weight"
+    " uniform draws and their logit transform)",
+  ),
+  "l0_rbg": (
+    dict(method="l0"),
+    "hard-concrete L0, noise from the rbg PRNG (jax_default_prng_impl=rbg) instead of threefry",
+  ),
   "topk_local_sort": (
     dict(method="topk"),
     "movement, local top-k by a full sort per forward (the reference's approach)",
@@ -134,6 +144,8 @@ FORCED_BITS = {"_1bit": 1, "_2bit": 2}
 # Variants that force where the masks' data-dependent branches sit (`masks.default_joint_conds`):
 # one cond per matrix, or all behind one shared cond.
 FORCED_CONDS = {"_percond": False, "_jointcond": True}
+# Variants that change where L0's gate noise comes from (diagnostics, not training methods).
+L0_NOISE = ("_nonoise", "_rbg")
 TARGET = 1.05  # issue 6: a movement-pruning step within 5% of the dense step
 # XLA options that halve compile time, for smoke tests only (the code they produce is slower).
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -329,6 +341,17 @@ def radix_bits(bits: int | None):
 
 
 @contextlib.contextmanager
+def l0_noise_free(enabled: bool):
+  """While active, `masks.l0_mask` ignores its key: the deterministic gate (trace time only)."""
+  if not enabled:
+    yield
+    return
+  original = masks.l0_mask
+  with mock.patch.object(masks, "l0_mask", lambda scores, rng=None: original(scores, None)):
+    yield
+
+
+@contextlib.contextmanager
 def joint_conds(enabled: bool | None):
   """While active, `masks.default_joint_conds` returns ``enabled`` (trace time only)."""
   if enabled is None:
@@ -338,22 +361,33 @@ def joint_conds(enabled: bool | None):
     yield
 
 
-def unconditional_conds(jaxpr: Any) -> int:
-  """The conds a run of ``jaxpr`` always meets: those outside every cond's branches (sub-jaxprs
-  of other primitives, such as jit, custom_vjp or loop bodies, are searched; a loop body's
-  conds count once)."""
-  n = 0
+def _unconditional_eqns(jaxpr: Any) -> Iterator[Any]:
+  """The equations a run of ``jaxpr`` always executes: conds themselves but not their branches;
+  sub-jaxprs of other primitives (jit, custom_vjp, loop bodies: once each) are searched."""
   for eqn in jaxpr.eqns:
+    yield eqn
     if eqn.primitive.name == "cond":
-      n += 1
       continue
     for v in eqn.params.values():
       for x in v if isinstance(v, tuple | list) else (v,):
         if isinstance(x, jax.extend.core.ClosedJaxpr):
-          n += unconditional_conds(x.jaxpr)
+          yield from _unconditional_eqns(x.jaxpr)
         elif isinstance(x, jax.extend.core.Jaxpr):
-          n += unconditional_conds(x)
-  return n
+          yield from _unconditional_eqns(x)
+
+
+def unconditional_conds(jaxpr: Any) -> int:
+  """The conds a run of ``jaxpr`` always meets: those outside every cond's branches (sub-jaxprs
+  of other primitives, such as jit, custom_vjp or loop bodies, are searched; a loop body's
+  conds count once)."""
+  return sum(eqn.primitive.name == "cond" for eqn in _unconditional_eqns(jaxpr))
+
+
+def random_draws(jaxpr: Any) -> int:
+  """The random words a run of ``jaxpr`` draws outside conds (`jax.random.bits` of typed keys:
+  dropout's per activation, L0's per weight), counted as `unconditional_conds` counts."""
+  return sum(math.prod(eqn.params["shape"]) for eqn in _unconditional_eqns(jaxpr)
+             if eqn.primitive.name == "random_bits")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,6 +444,8 @@ class JaxStepVariant:
   lower_s: float
   memory: dict[str, int | None]
   conds: int | None = None  # conds the step always meets (`unconditional_conds`)
+  draws: int | None = None  # random words the step draws (`random_draws`)
+  prng_impl: str | None = None  # the step's PRNG implementation
   state: Any = None
 
   def start_round(self) -> None:
@@ -469,6 +505,10 @@ def build_jax_variant(
     raise ValueError(f"unknown variant {name!r}; choose from {sorted(JAX_VARIANTS)}")
   spec = _spec_for(name, score_scale)
   score_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
+  # The step draws its keys with the default implementation at trace time (wrap_key_data).
+  prng_impl = "rbg" if name.endswith("_rbg") else jax.config.jax_default_prng_impl
+  if prng_impl != jax.config.jax_default_prng_impl:
+    state_rng = jax.random.key(seed + 1, impl=prng_impl)
   if spec is None or not spec.uses_scores:
     scores = {}
   elif scores is None:
@@ -524,13 +564,15 @@ def build_jax_variant(
   start = time.perf_counter()
   bits = next((b for suffix, b in FORCED_BITS.items() if name.endswith(suffix)), None)
   joint = next((j for suffix, j in FORCED_CONDS.items() if name.endswith(suffix)), None)
-  with sort_based_topk(name.endswith("_sort")), radix_bits(bits), joint_conds(joint):
+  with (sort_based_topk(name.endswith("_sort")), radix_bits(bits), joint_conds(joint),
+        l0_noise_free(name.endswith("_nonoise")), jax.default_prng_impl(prng_impl)):
     lowered = jit_step.lower(abstract, batch, None)
     lower_s = time.perf_counter() - start
     # A second trace (left out of compile_s): the conds every step meets, the tie rule's ones on
-    # GPU/TPU each cost a round trip to the host (see `masks.default_joint_conds`).
+    # GPU/TPU each cost a round trip to the host (see `masks.default_joint_conds`), and the
+    # random words it draws.
     traced = time.perf_counter()
-    conds = unconditional_conds(jax.make_jaxpr(
+    step_jaxpr = (jax.make_jaxpr(
       lambda st, b: trainer.train_step(st, b, None, model=model, teacher_model=None, tx=tx,
                                        opts=opts))(abstract, batch).jaxpr)
     start += time.perf_counter() - traced
@@ -545,7 +587,9 @@ def build_jax_variant(
     compile_s=compile_s,
     lower_s=lower_s,
     memory=memory_of(compiled),
-    conds=conds,
+    conds=unconditional_conds(step_jaxpr),
+    draws=random_draws(step_jaxpr),
+    prng_impl=prng_impl,
   )
 
 
@@ -872,6 +916,9 @@ def bench_train_step(
     }
     if getattr(v, "conds", None) is not None:
       row["conds_per_step"] = v.conds
+    if getattr(v, "draws", None) is not None:
+      row["random_words_per_step"] = v.draws
+      row["prng_impl"] = v.prng_impl
     if v.name.startswith("torch_"):
       ref = statistics.median(times["torch_dense"])
       row["ratio_to_torch_dense"] = row["median_s"] / ref
@@ -895,7 +942,7 @@ def bench_train_step(
       for n, r in vs.items()
       if n not in ("dense",)
       and not n.startswith("torch_")
-      and not n.endswith(("_sort", *FORCED_BITS, *FORCED_CONDS))
+      and not n.endswith(("_sort", *FORCED_BITS, *FORCED_CONDS, *L0_NOISE))
       and r.get("ratio_to_dense") is not None
     },
   }

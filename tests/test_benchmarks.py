@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mvp_jax import masks
+from mvp_jax import masks, pruning
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _bench import load_benchmark  # noqa: E402
@@ -135,6 +135,33 @@ def test_forced_cond_variants_count_their_conds(step):
   assert got == {"topk_local_jointcond": 1, "topk_local_percond": 6,
                  "sigmoid_threshold_jointcond": 1, "sigmoid_threshold_percond": 6}
   assert {"topk_local_percond", "sigmoid_threshold_percond"} <= set(step.ACCELERATOR_VARIANTS)
+
+
+def test_l0_noise_variants_draw_what_they_say(step):
+  # The diagnostics that split L0's step cost: `l0` draws one random word per pruned weight on
+  # top of dropout's, `l0_nonoise` none (the dense step's draws only), `l0_rbg` as many from
+  # rbg keys (uint32[4] key data in the state); each step runs and stays finite.
+  model, params = step.random_model(step.tiny_config(layers=1))
+  batch = step.make_batch(model.config, 8, 8)
+  pruned = sum(s.size for s in jax.tree.leaves(
+    pruning.init_scores(params, pruning.PruningSpec(method="l0"))))
+  built = {
+    name: step.build_jax_variant(name, model, params, batch, level=0.1, tau=0.69, l0_lambda=1.0,
+                                 sigmoid_lambda=1.0, compiler_options=step.FAST_COMPILE)
+    for name in ("dense", "l0", "l0_nonoise", "l0_rbg")
+  }
+  draws = {n: v.draws for n, v in built.items()}
+  assert draws["dense"] > 0  # dropout
+  assert draws["l0"] - draws["dense"] == pruned
+  assert draws["l0_nonoise"] == draws["dense"]
+  assert draws["l0_rbg"] == draws["l0"]
+  assert {n: v.prng_impl for n, v in built.items()}["l0_rbg"] == "rbg"
+  for name, v in built.items():
+    v.start_round()
+    assert v.state.rng.shape == ((4,) if name == "l0_rbg" else (2,))
+    v.step()
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(v.state.scores))
+    v.end_round()
 
 
 def test_minilm_config_is_the_packaged_models_shape(step):
