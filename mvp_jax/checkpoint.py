@@ -29,6 +29,19 @@ STATE = "state"
 EXTRA = "extra"
 
 
+class CheckpointMismatchError(ValueError):
+  """A saved state that differs from the one to restore into.
+
+  Attributes:
+    shapes: '/'-path -> (saved shape, expected shape) for the leaves present in both whose
+      shapes differ (paths missing on either side are named in the message only).
+  """
+
+  def __init__(self, message: str, shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]):
+    super().__init__(message)
+    self.shapes = shapes
+
+
 def _key_str(key: Any) -> str:
   for attr in ("key", "name", "idx"):
     if hasattr(key, attr):
@@ -193,7 +206,8 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: no such step.
-      ValueError: the saved tree differs from ``abstract_state`` (paths and shapes are named).
+      CheckpointMismatchError: a ValueError, the saved tree differs from ``abstract_state``
+        (paths and shapes are named).
     """
     if step is None:
       step = self.latest_step()
@@ -246,7 +260,7 @@ class Checkpointer:
     for p in shapes[:10]:
       lines.append(f"  {p}: checkpoint shape {saved[p]} vs expected {wanted[p]}")
     lines.append("  (a different model/pruning/optimizer config than the run that saved it?)")
-    raise ValueError("\n".join(lines))
+    raise CheckpointMismatchError("\n".join(lines), {p: (saved[p], wanted[p]) for p in shapes})
 
   # ------------------------------------------------------------------------------------------
   def latest_step(self) -> int | None:

@@ -343,6 +343,18 @@ def evaluate(eval_fn: Callable, params: PyTree, features: Mapping[str, np.ndarra
 # ----------------------------------------------------------------------------- driver
 
 
+def _rng_hint(shapes: tuple[tuple[int, ...], tuple[int, ...]] | None) -> str:
+  """A sentence for a checkpoint whose PRNG key data has another shape than this process's keys:
+  the run was written under another ``jax_default_prng_impl`` (threefry2x32 keys are uint32[2],
+  rbg and unsafe_rbg ones uint32[4]), which the config does not record."""
+  if shapes is None:
+    return ""
+  impl = jax.config.jax_default_prng_impl
+  return (f"The saved PRNG key has shape {shapes[0]} but this process's {impl!r} keys have "
+          f"{shapes[1]}: the run was started under another jax_default_prng_impl; resume with "
+          "the same one (e.g. JAX_DEFAULT_PRNG_IMPL=rbg, or unset it for threefry2x32). ")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                        *, step_fn: Callable | None = None) -> dict[str, Any]:
   """Fine-prunes a BERT as `config` says, writing everything to `workdir`.
@@ -441,8 +453,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     except ValueError as e:
       # Reliability (issue 7): a checkpoint of another model/pruning shape (reachable with
       # train.allow_config_change) is a user error, reported in one line without a traceback.
-      raise UserError(" ".join(str(e).split()) + f". Use a new --workdir, or the config that "
-                      f"wrote {workdir / 'checkpoints'}.") from None
+      rng = getattr(e, "shapes", {}).get("rng")
+      raise UserError(" ".join(str(e).split()) + ". " + _rng_hint(rng) + "Use a new --workdir, "
+                      f"or the config that wrote {workdir / 'checkpoints'}.") from None
     train_iter.restore(extra["data"])
     logging.info("Resumed from step %d (optimizer step %d) in %s", latest, latest // accum,
                  workdir / "checkpoints")

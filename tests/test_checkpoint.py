@@ -158,9 +158,11 @@ def test_mismatch_errors_name_the_path(tmp_path):
   ckpt = checkpoint.Checkpointer(tmp_path, async_save=False)
   ckpt.save(3, {"params": {"dense": {"kernel": jnp.ones((2, 3))}, "head": jnp.ones((3,))}}, {})
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
-  with pytest.raises(ValueError, match=r"params/dense/kernel: checkpoint shape \(2, 3\) vs "
-                                       r"expected \(3, 3\)"):
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match=r"params/dense/kernel: checkpoint shape \(2, 3\) vs "
+                           r"expected \(3, 3\)") as err:
     ckpt.restore(3, {"params": {"dense": {"kernel": f32(3, 3)}, "head": f32(3)}})
+  assert err.value.shapes == {"params/dense/kernel": ((2, 3), (3, 3))}
   with pytest.raises(ValueError, match="not in the checkpoint: params/extra"):
     ckpt.restore(3, {"params": {"dense": {"kernel": f32(2, 3)}, "head": f32(3), "extra": f32(1)}})
   with pytest.raises(ValueError, match="only in the checkpoint: params/head"):

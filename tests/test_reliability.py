@@ -29,6 +29,7 @@ from tiny_bert import (  # noqa: E402
   make_tiny_bert,
   read_metrics,
   run_cli,
+  snapshot,
   tiny_config,
   tmp_checkpoints,
   xla_flags,
@@ -133,6 +134,43 @@ def test_sigkill_between_steps_then_rerun_is_bitwise(tiny_dir, env, reference, t
   assert "Resumed from step" in r.stderr
   assert "Remaining encoder weights" in r.stdout  # the summary of a finished run
   diff = compare_runs(reference, workdir)
+  assert diff["identical"], diff
+
+
+# L0 samples its masks from the step's key, so the PRNG implementation reaches the weights.
+L0 = ("--config.pruning.method=l0", "--config.pruning.initial_level=1.0",
+      "--config.pruning.final_level=1.0", "--config.pruning.final_lambda=5.0",
+      "--config.pruning.score_scale=2.197")
+
+
+def test_rbg_prng_run_resumes_bitwise_and_threefry_refuses_it_by_name(tiny_dir, env, tmp_path):
+  # JAX_DEFAULT_PRNG_IMPL=rbg (common on TPUs) keeps uint32[4] key data in the state instead of
+  # threefry2x32's uint32[2]. Killed and resumed under rbg, an L0 run ends identical to the
+  # uninterrupted one; a process under threefry refuses its checkpoint with one error that names
+  # the PRNG implementation, and leaves the workdir as it was.
+  rbg = {**env, "JAX_DEFAULT_PRNG_IMPL": "rbg"}
+  threefry = {k: v for k, v in env.items() if k != "JAX_DEFAULT_PRNG_IMPL"}
+  whole = tmp_path / "whole"
+  r = run_cli(cli_args(whole, tiny_dir, *L0), rbg)
+  assert r.returncode == 0, r.stderr[-3000:]
+  workdir = tmp_path / "run"
+  args = cli_args(workdir, tiny_dir, *L0)
+  proc = subprocess.Popen(args, cwd=REPO, env=rbg, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  assert kill_when(proc, lambda: max(checkpoint_steps(workdir), default=-1) >= 3
+                   and not tmp_checkpoints(workdir)), "the run ended before it could be killed"
+  proc.wait()
+  before = snapshot(workdir)
+  r = run_cli(args, threefry)
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert "Traceback" not in r.stderr
+  assert re.search(r"saved PRNG key has shape \(4,\) but this process's 'threefry2x32' keys "
+                   r"have \(2,\).*another jax_default_prng_impl", r.stderr), r.stderr[-3000:]
+  assert snapshot(workdir) == before
+  r = run_cli(args, rbg)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "Resumed from step" in r.stderr
+  diff = compare_runs(whole, workdir)
   assert diff["identical"], diff
 
 
