@@ -228,6 +228,13 @@ class Checkpointer:
     )
     return restored[STATE], dict(restored[EXTRA] or {})
 
+  def restore_extra(self, step: int) -> dict[str, Any]:
+    """The ``extra`` dict saved with ``step``, without reading the state (e.g. to check, before
+    restoring arrays, that this process can continue the run)."""
+    restored = self._manager.restore(int(step), args=ocp.args.Composite(
+        **{EXTRA: ocp.args.JsonRestore()}))
+    return dict(restored[EXTRA] or {})
+
   def _local_target(self, step: int) -> Any:
     """The saved tree as ShapeDtypeStructs placed on the first local device."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -343,16 +343,18 @@ def evaluate(eval_fn: Callable, params: PyTree, features: Mapping[str, np.ndarra
 # ----------------------------------------------------------------------------- driver
 
 
-def _rng_hint(shapes: tuple[tuple[int, ...], tuple[int, ...]] | None) -> str:
-  """A sentence for a checkpoint whose PRNG key data has another shape than this process's keys:
-  the run was written under another ``jax_default_prng_impl`` (threefry2x32 keys are uint32[2],
-  rbg and unsafe_rbg ones uint32[4]), which the config does not record."""
-  if shapes is None:
-    return ""
+def _check_prng_impl(saved: str | None, where: pathlib.Path) -> None:
+  """Refuses to continue a run whose checkpoint was written under another
+  ``jax_default_prng_impl``: its key would be read as another implementation's (threefry2x32
+  keys are uint32[2], rbg and unsafe_rbg ones uint32[4]; between rbg and unsafe_rbg nothing else
+  would notice, and the random stream would silently change). ``saved`` None: a checkpoint from
+  before the implementation was recorded, not checked."""
   impl = jax.config.jax_default_prng_impl
-  return (f"The saved PRNG key has shape {shapes[0]} but this process's {impl!r} keys have "
-          f"{shapes[1]}: the run was started under another jax_default_prng_impl; resume with "
-          "the same one (e.g. JAX_DEFAULT_PRNG_IMPL=rbg, or unset it for threefry2x32). ")
+  if saved is not None and saved != impl:
+    hint = "unset it" if saved == "threefry2x32" else f"JAX_DEFAULT_PRNG_IMPL={saved}"
+    raise UserError(f"the checkpoints in {where} were written under jax_default_prng_impl="
+                    f"{saved!r} but this process uses {impl!r}; resume with the same "
+                    f"implementation ({hint}), or use a new --workdir.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
@@ -446,6 +448,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     drop_remainder=True, process_index=jax.process_index(), process_count=jax.process_count())
 
   if latest is not None:
+    _check_prng_impl(ckpt.restore_extra(latest).get("prng_impl"), workdir / "checkpoints")
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, state_sharding)
     try:
@@ -453,8 +456,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     except ValueError as e:
       # Reliability (issue 7): a checkpoint of another model/pruning shape (reachable with
       # train.allow_config_change) is a user error, reported in one line without a traceback.
-      rng = getattr(e, "shapes", {}).get("rng")
-      raise UserError(" ".join(str(e).split()) + ". " + _rng_hint(rng) + "Use a new --workdir, "
+      raise UserError(" ".join(str(e).split()) + ". Use a new --workdir, "
                       f"or the config that wrote {workdir / 'checkpoints'}.") from None
     train_iter.restore(extra["data"])
     logging.info("Resumed from step %d (optimizer step %d) in %s", latest, latest // accum,
@@ -533,7 +535,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if not bool(jit_all_finite(st.params, st.scores)):
       _stop_non_finite(f"non-finite parameters or scores after optimizer step "
                        f"{int(st.step) // accum}; stopped without saving it", ckpt, accum)
-    extra = {"data": train_iter.state(), "optimizer_step": int(st.step) // accum}
+    extra = {"data": train_iter.state(), "optimizer_step": int(st.step) // accum,
+             "prng_impl": jax.config.jax_default_prng_impl}
     ckpt.save(int(st.step), st, extra=extra, metrics=metrics, force=force)
 
   progress = None

@@ -76,6 +76,7 @@ def test_round_trip_sharded_state_and_extra(tmp_path):
   np.testing.assert_allclose(float(values["level"]), 0.9, rtol=1e-6)
   assert restored_extra == {"data": {"epoch": 1, "position": 96}, "rng": [0, 3],
                             "config_hash": "abc", "metrics": {"loss": 0.25}}
+  assert ckpt.restore_extra(7) == restored_extra  # alone, without a target for the arrays
   # Restoring onto a different sharding reshards.
   replicated = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P())),

@@ -143,13 +143,15 @@ L0 = ("--config.pruning.method=l0", "--config.pruning.initial_level=1.0",
       "--config.pruning.score_scale=2.197")
 
 
-def test_rbg_prng_run_resumes_bitwise_and_threefry_refuses_it_by_name(tiny_dir, env, tmp_path):
+def test_rbg_prng_run_resumes_bitwise_and_other_prngs_refuse_it_by_name(tiny_dir, env, tmp_path):
   # JAX_DEFAULT_PRNG_IMPL=rbg (common on TPUs) keeps uint32[4] key data in the state instead of
   # threefry2x32's uint32[2]. Killed and resumed under rbg, an L0 run ends identical to the
-  # uninterrupted one; a process under threefry refuses its checkpoint with one error that names
-  # the PRNG implementation, and leaves the workdir as it was.
+  # uninterrupted one; a process under threefry2x32, or under unsafe_rbg (whose keys have rbg's
+  # shape, so only the recorded name tells them apart), refuses its checkpoint with one error
+  # that names both implementations, and leaves the workdir as it was.
   rbg = {**env, "JAX_DEFAULT_PRNG_IMPL": "rbg"}
   threefry = {k: v for k, v in env.items() if k != "JAX_DEFAULT_PRNG_IMPL"}
+  unsafe = {**env, "JAX_DEFAULT_PRNG_IMPL": "unsafe_rbg"}
   whole = tmp_path / "whole"
   r = run_cli(cli_args(whole, tiny_dir, *L0), rbg)
   assert r.returncode == 0, r.stderr[-3000:]
@@ -161,12 +163,14 @@ def test_rbg_prng_run_resumes_bitwise_and_threefry_refuses_it_by_name(tiny_dir, 
                    and not tmp_checkpoints(workdir)), "the run ended before it could be killed"
   proc.wait()
   before = snapshot(workdir)
-  r = run_cli(args, threefry)
-  assert r.returncode == 2, r.stderr[-3000:]
-  assert "Traceback" not in r.stderr
-  assert re.search(r"saved PRNG key has shape \(4,\) but this process's 'threefry2x32' keys "
-                   r"have \(2,\).*another jax_default_prng_impl", r.stderr), r.stderr[-3000:]
-  assert snapshot(workdir) == before
+  for other, name in ((threefry, "threefry2x32"), (unsafe, "unsafe_rbg")):
+    r = run_cli(args, other)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert re.search(r"written under jax_default_prng_impl='rbg' but this process uses "
+                     rf"'{name}'; resume with the same implementation "
+                     r"\(JAX_DEFAULT_PRNG_IMPL=rbg\)", r.stderr), r.stderr[-3000:]
+    assert snapshot(workdir) == before
   r = run_cli(args, rbg)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "Resumed from step" in r.stderr
