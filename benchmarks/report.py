@@ -346,6 +346,75 @@ def render_step(res: dict[str, Any], title: str = "Train step: dense vs pruning 
   return "\n".join(lines).rstrip()
 
 
+def render_step_tokens(runs: Sequence[dict[str, Any]]) -> str:
+  """step_tokens_*.json (step.py --batch-size/--seq-len, one shape each): overhead vs tokens.
+
+  One row per (model, batch x seq), ordered by model and tokens per step; each cell is a
+  variant's step time over the dense step of the same run, and the milliseconds it adds.
+  """
+  found = []
+  for res in runs:
+    for name, sec in res.get("models", {}).items():
+      s = sec["settings"]
+      found.append((name, s["batch_size"] * s["seq_len"], s, sec, res))
+  found.sort(key=lambda x: (x[0], x[1]))
+  variants = list(dict.fromkeys(v for *_, sec, _ in found for v in sec["variants"]))
+  variants = [v for v in variants if v != "dense" and not v.startswith("torch_")]
+  lines = [
+    "### Train step: what pruning adds, by tokens per step",
+    "",
+    "One `step.py` run per shape (`--batch-size`, `--seq-len`), each timing its variants "
+    "round-robin against its own dense step; a cell is the variant's step time over that dense "
+    "step, and in brackets the milliseconds it adds. Pruning adds work per weight (masks, "
+    "score gradients, the scores' Adam update, the search), not per token: see the per-token "
+    "count under the table.",
+    "",
+  ]
+  dates = sorted({res.get("date", "?") for *_, res in found})
+  first = found[0][4] if found else {}
+  lines += _provenance({**first, "date": ", ".join(dates)}) + [""]
+  header = ["model", "batch x seq", "tokens / step", "rounds x steps", "dense step ms"]
+  header += [f"`{v}`" for v in variants]
+  rows = []
+  for name, tokens, s, sec, _ in found:
+    dense = sec["variants"]["dense"]["median_s"]
+    row = [
+      name,
+      f"{s['batch_size']} x {s['seq_len']}",
+      f"{tokens:,}",
+      f"{s['rounds']} x {s['steps']}",
+      _ms(dense),
+    ]
+    for v in variants:
+      r = sec["variants"].get(v)
+      row.append(
+        ""
+        if r is None
+        else f"{_ratio(r['median_s'] / dense)} ({1000 * (r['median_s'] - dense):+.1f})"
+      )
+    rows.append(row)
+  lines += _table(header, rows)
+  counted = [(name, tokens, sec) for name, tokens, _, sec, _ in found
+             if "token_elements_per_step" in sec["variants"].get("dense", {})]
+  if counted:
+    differ = []
+    for name, tokens, sec in counted:
+      dense_n = sec["variants"]["dense"]["token_elements_per_step"]
+      for v, r in sec["variants"].items():
+        if r.get("token_elements_per_step", dense_n) != dense_n:
+          differ.append(f"{name} {tokens:,} tokens `{v}`: "
+                        f"{_ratio(r['token_elements_per_step'] / dense_n)}")
+    lines += [
+      "",
+      f"Per-token work ({len(counted)} of {len(found)} runs record it: the elements of the "
+      "values a step's program computes whose leading dimension is the batch or batch x seq, "
+      "`step.token_elements`): "
+      + ("the same in every variant as in dense." if not differ
+         else "differs from dense in " + "; ".join(differ) + "."),
+    ]
+  return "\n".join(lines)
+
+
 def render_eval(
   res: dict[str, Any], title: str = "Evaluation throughput of the exported model"
 ) -> str:
@@ -406,11 +475,16 @@ def _eval_source(results_dir: pathlib.Path) -> dict[str, Any] | None:
   return step if step and "eval_throughput" in step else None
 
 
+def _tokens_source(results_dir: pathlib.Path) -> list[dict[str, Any]] | None:
+  runs = [_load(p) for p in sorted(results_dir.glob("step_tokens_*.json"))]
+  return [r for r in runs if r is not None] or None
+
+
 def _load(path: pathlib.Path) -> dict[str, Any] | None:
   return json.loads(path.read_text()) if path.exists() else None
 
 
-BLOCKS: dict[str, tuple[Callable[[pathlib.Path], dict | None], Callable[[dict], str]]] = {
+BLOCKS: dict[str, tuple[Callable[[pathlib.Path], Any], Callable[[Any], str]]] = {
   "masks": (lambda d: _load(d / "masks.json"), render_masks),
   "step": (lambda d: _load(d / "step.json"), render_step),
   # step.py --variants with the stacked searches (pruning.stack_search), --out step_stacked.json.
@@ -428,6 +502,8 @@ BLOCKS: dict[str, tuple[Callable[[pathlib.Path], dict | None], Callable[[dict], 
     lambda d: _load(d / "step_l0.json"),
     lambda res: render_step(res, title="Train step: where L0's cost goes"),
   ),
+  # step.py --batch-size/--seq-len, one shape per file: step_tokens_<model>_<batch>x<seq>.json.
+  "step_tokens": (_tokens_source, render_step_tokens),
   "eval": (_eval_source, render_eval),
   # Runs on a GPU/TPU (step.py / masks.py --out benchmarks/results/<name>_accelerator.json).
   "step_accelerator": (lambda d: _load(d / "step_accelerator.json"), render_accelerator),

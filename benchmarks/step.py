@@ -23,6 +23,8 @@ Peak memory: the compiled executable's memory analysis per variant (argument + o
   python benchmarks/step.py --only minilm       # one model (merged into an existing --out)
   python benchmarks/step.py --quick             # tiny model, 1 step: a smoke run
   python benchmarks/step.py --random-weights    # MiniLM-L6's shape, random weights (no package)
+  python benchmarks/step.py --only bert-base --batch-size 32 --no-eval \
+      --out benchmarks/results/step_tokens_bert-base_32x128.json   # another tokens-per-step point
 
 On an accelerator (jax.default_backend() != "cpu") the default plans time more, shorter steps
 (ACCELERATOR_PLANS) and the PyTorch variants run on CUDA when torch sees a GPU.
@@ -390,6 +392,25 @@ def random_draws(jaxpr: Any) -> int:
              if eqn.primitive.name == "random_bits")
 
 
+def token_elements(jaxpr: Any, batch_size: int, seq_len: int) -> int:
+  """Elements of the values a run of ``jaxpr`` computes per token: outputs of its primitive
+  equations (outside conds, as `unconditional_conds` walks) whose leading dimension is the batch
+  or batch x seq. Pruning touches weights only, so a pruned step should compute exactly as many
+  as the dense one. (A weight whose leading dimension happens to equal one of the two is counted
+  too, in every variant alike.)"""
+  leading = {batch_size, batch_size * seq_len}
+  total = 0
+  for eqn in _unconditional_eqns(jaxpr):
+    if any(isinstance(x, jax.extend.core.ClosedJaxpr | jax.extend.core.Jaxpr)
+           for v in eqn.params.values() for x in (v if isinstance(v, tuple | list) else (v,))):
+      continue  # its equations are walked themselves
+    for out in eqn.outvars:
+      shape = getattr(out.aval, "shape", ())
+      if shape and shape[0] in leading:
+        total += math.prod(shape)
+  return total
+
+
 # ----------------------------------------------------------------------------------------------
 # JAX train step variants
 # ----------------------------------------------------------------------------------------------
@@ -446,6 +467,7 @@ class JaxStepVariant:
   conds: int | None = None  # conds the step always meets (`unconditional_conds`)
   draws: int | None = None  # random words the step draws (`random_draws`)
   prng_impl: str | None = None  # the step's PRNG implementation
+  tokens: int | None = None  # elements of per-token values the step computes (`token_elements`)
   state: Any = None
 
   def start_round(self) -> None:
@@ -589,6 +611,7 @@ def build_jax_variant(
     memory=memory_of(compiled),
     conds=unconditional_conds(step_jaxpr),
     draws=random_draws(step_jaxpr),
+    tokens=token_elements(step_jaxpr, *batch_np["input_ids"].shape),
     prng_impl=prng_impl,
   )
 
@@ -919,6 +942,8 @@ def bench_train_step(
     if getattr(v, "draws", None) is not None:
       row["random_words_per_step"] = v.draws
       row["prng_impl"] = v.prng_impl
+    if getattr(v, "tokens", None) is not None:
+      row["token_elements_per_step"] = v.tokens
     if v.name.startswith("torch_"):
       ref = statistics.median(times["torch_dense"])
       row["ratio_to_torch_dense"] = row["median_s"] / ref
@@ -1221,7 +1246,7 @@ def run(
   with tempfile.TemporaryDirectory() as tmp:
     for name in names:
       plan = dict(QUICK_PLAN if args.quick else plans[name])
-      for key in ("rounds", "steps", "warmup"):
+      for key in ("rounds", "steps", "warmup", "batch_size", "seq_len"):
         if getattr(args, key) is not None:
           plan[key] = getattr(args, key)
       log(f"[{name}] {plan}")
@@ -1327,6 +1352,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     f" all: {','.join(JAX_VARIANTS)})",
   )
   parser.add_argument(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="examples per step (default: minilm 32, bert-base 8); with --seq-len, how the "
+    "pruning overhead scales with tokens per step (one --out per shape)",
+  )
+  parser.add_argument(
+    "--seq-len",
+    type=int,
+    default=None,
+    help="tokens per example (default: minilm 64, bert-base 128)",
+  )
+  parser.add_argument(
     "--level",
     type=float,
     default=0.1,
@@ -1354,9 +1392,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     bad = [v for v in args.variants.split(",") if v not in JAX_VARIANTS]
     if bad:
       parser.error(f"unknown variant(s) {bad}; choose from {list(JAX_VARIANTS)}")
-  for key in ("steps", "rounds"):
+  for key in ("steps", "rounds", "batch_size", "seq_len"):
     if getattr(args, key) is not None and getattr(args, key) < 1:
-      parser.error(f"--{key} must be >= 1")
+      parser.error(f"--{key.replace('_', '-')} must be >= 1")
   return args
 
 

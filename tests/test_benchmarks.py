@@ -183,7 +183,7 @@ def test_minilm_config_is_the_packaged_models_shape(step):
   assert {f: getattr(ours, f) for f in fields} == {f: getattr(packaged, f) for f in fields}
 
 
-def test_random_weights_runs_without_the_packaged_checkpoint(step, tmp_path, monkeypatch):
+def test_random_weights_runs_without_the_packaged_checkpoint(step, report, tmp_path, monkeypatch):
   from mvp_jax.models import hf
 
   resolve = hf.resolve_model_dir
@@ -206,6 +206,10 @@ def test_random_weights_runs_without_the_packaged_checkpoint(step, tmp_path, mon
       "--random-weights",
       "--variants",
       "dense,topk_local,topk_local_2bit",
+      "--batch-size",
+      "16",
+      "--seq-len",
+      "6",
       "--out",
       str(out),
     ]
@@ -213,6 +217,7 @@ def test_random_weights_runs_without_the_packaged_checkpoint(step, tmp_path, mon
   step.run(args, log=lambda _: None, compiler_options=step.FAST_COMPILE)
   res = json.loads(out.read_text())
   sec = res["models"]["minilm"]
+  assert (sec["settings"]["batch_size"], sec["settings"]["seq_len"]) == (16, 6)  # not the plan's
   assert "random" in sec["model"]["weights"]
   assert sec["model"]["hidden_size"] == 32  # the monkeypatched shape, so no checkpoint was read
   assert set(sec["variants"]) == {"dense", "topk_local", "topk_local_2bit", *step.TORCH_VARIANTS}
@@ -220,6 +225,47 @@ def test_random_weights_runs_without_the_packaged_checkpoint(step, tmp_path, mon
   assert set(sec["target"]["within"]) == {"topk_local"}  # forced-bits variants are not targets
   assert sec["settings"]["torch_device"] == "cpu"
   assert res["eval_throughput"]["zero_fraction_of_pruned_matrices"]["pruned"] >= 0.89
+
+  # As one point of the tokens-per-step block, beside a larger shape of another run.
+  big = json.loads(out.read_text())
+  big_sec = big["models"]["minilm"]
+  big_sec["settings"].update(batch_size=64, seq_len=6)
+  for name, row in big_sec["variants"].items():
+    row["median_s"] = {"dense": 1.0, "topk_local": 1.25}.get(name, row["median_s"])
+  big_sec["variants"]["topk_local"]["token_elements_per_step"] *= 2  # as if it masked activations
+  (tmp_path / "step_tokens_minilm_16x6.json").write_text(out.read_text())
+  (tmp_path / "step_tokens_minilm_0_big.json").write_text(json.dumps(big))  # first by name
+  doc = tmp_path / "results.md"
+  doc.write_text("# Results\n")
+  text = report.update_doc(doc, tmp_path)
+  block = text.split("bench:step_tokens:begin")[1].split("bench:step_tokens:end")[0]
+  rows = [line for line in block.splitlines() if line.startswith("| minilm")]
+  assert [r.split(" | ")[1] for r in rows] == ["16 x 6", "64 x 6"]  # ordered by tokens
+  assert rows[1].split(" | ")[2:5] == ["384", "1 x 1", "1000.0"]
+  assert "| 1.25x (+250.0) |" in rows[1]
+  assert "`topk_local_2bit`" in block and "`dense`" not in block and "torch_" not in block
+  assert "(2 of 2 runs record it" in block
+  assert "differs from dense in minilm 384 tokens `topk_local`: 2.00x." in block
+
+
+def test_pruned_steps_compute_the_same_per_token_values_as_dense(step):
+  # What pruning adds is per weight: every variant's step program computes exactly as many
+  # token-shaped elements as the dense step's (the tokens block of docs/results.md reads its
+  # overheads by this), and the count is per-token work: twice the batch, twice the elements.
+  cfg = step.tiny_config(layers=1)
+  model, params = step.random_model(cfg)
+
+  def tokens(name, batch_size):
+    v = step.build_jax_variant(
+      name, model, params, step.make_batch(cfg, batch_size, 6), level=0.1, tau=0.69,
+      l0_lambda=1.0, sigmoid_lambda=1.0, compiler_options=step.FAST_COMPILE,
+    )
+    return v.tokens
+
+  dense = tokens("dense", 8)
+  assert dense > 0 and tokens("dense", 16) == 2 * dense
+  for name in ("topk_local", "sigmoid_threshold", "l0", "topk_local_sort"):
+    assert tokens(name, 8) == dense, name
 
 
 def test_accelerator_blocks_render_gpu_results(report, tmp_path):
