@@ -363,19 +363,24 @@ def joint_conds(enabled: bool | None):
     yield
 
 
+def _subjaxprs(eqn: Any) -> Iterator[Any]:
+  """The jaxprs in ``eqn``'s params (a jit's, a custom_vjp's, a loop's body, a cond's branches)."""
+  for v in eqn.params.values():
+    for x in v if isinstance(v, tuple | list) else (v,):
+      if isinstance(x, jax.extend.core.ClosedJaxpr):
+        yield x.jaxpr
+      elif isinstance(x, jax.extend.core.Jaxpr):
+        yield x
+
+
 def _unconditional_eqns(jaxpr: Any) -> Iterator[Any]:
   """The equations a run of ``jaxpr`` always executes: conds themselves but not their branches;
   sub-jaxprs of other primitives (jit, custom_vjp, loop bodies: once each) are searched."""
   for eqn in jaxpr.eqns:
     yield eqn
-    if eqn.primitive.name == "cond":
-      continue
-    for v in eqn.params.values():
-      for x in v if isinstance(v, tuple | list) else (v,):
-        if isinstance(x, jax.extend.core.ClosedJaxpr):
-          yield from _unconditional_eqns(x.jaxpr)
-        elif isinstance(x, jax.extend.core.Jaxpr):
-          yield from _unconditional_eqns(x)
+    if eqn.primitive.name != "cond":
+      for sub in _subjaxprs(eqn):
+        yield from _unconditional_eqns(sub)
 
 
 def unconditional_conds(jaxpr: Any) -> int:
@@ -401,8 +406,7 @@ def token_elements(jaxpr: Any, batch_size: int, seq_len: int) -> int:
   leading = {batch_size, batch_size * seq_len}
   total = 0
   for eqn in _unconditional_eqns(jaxpr):
-    if any(isinstance(x, jax.extend.core.ClosedJaxpr | jax.extend.core.Jaxpr)
-           for v in eqn.params.values() for x in (v if isinstance(v, tuple | list) else (v,))):
+    if next(_subjaxprs(eqn), None) is not None:
       continue  # its equations are walked themselves
     for out in eqn.outvars:
       shape = getattr(out.aval, "shape", ())
