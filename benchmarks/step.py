@@ -363,7 +363,7 @@ def joint_conds(enabled: bool | None):
     yield
 
 
-def _subjaxprs(eqn: Any) -> Iterator[Any]:
+def sub_jaxprs(eqn: Any) -> Iterator[Any]:
   """The jaxprs in ``eqn``'s params (a jit's, a custom_vjp's, a loop's body, a cond's branches)."""
   for v in eqn.params.values():
     for x in v if isinstance(v, tuple | list) else (v,):
@@ -379,7 +379,7 @@ def _unconditional_eqns(jaxpr: Any) -> Iterator[Any]:
   for eqn in jaxpr.eqns:
     yield eqn
     if eqn.primitive.name != "cond":
-      for sub in _subjaxprs(eqn):
+      for sub in sub_jaxprs(eqn):
         yield from _unconditional_eqns(sub)
 
 
@@ -406,7 +406,7 @@ def token_elements(jaxpr: Any, batch_size: int, seq_len: int) -> int:
   leading = {batch_size, batch_size * seq_len}
   total = 0
   for eqn in _unconditional_eqns(jaxpr):
-    if next(_subjaxprs(eqn), None) is not None:
+    if next(sub_jaxprs(eqn), None) is not None:
       continue  # its equations are walked themselves
     for out in eqn.outvars:
       shape = getattr(out.aval, "shape", ())

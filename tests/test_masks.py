@@ -1,7 +1,6 @@
 """Binarizers: exact counts and tie order against a sort oracle, gradients, no recompiles."""
 
 from fractions import Fraction
-from unittest import mock
 
 import chex
 import hypothesis.strategies as st
@@ -9,11 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _bench import load_benchmark
 from _oracles import keep_count as oracle_keep_count
 from _oracles import topk as oracle_topk
 from hypothesis import given, settings
 
 from mvp_jax import masks
+
+# The jaxpr walkers and the joint-conds switch that benchmarks/step.py counts conds with.
+_step = load_benchmark("step")
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -228,20 +231,11 @@ def test_stacked_search_matches_oracle(arrays, level, split):
   _check_topk(mags, global_mag, oracle_keep_count(level, total))
 
 
-def _sub_jaxprs(eqn):
-  for v in eqn.params.values():
-    for x in v if isinstance(v, tuple | list) else (v,):
-      if isinstance(x, jax.extend.core.ClosedJaxpr):
-        yield x.jaxpr
-      elif isinstance(x, jax.extend.core.Jaxpr):
-        yield x
-
-
 def _first_loop(jaxpr):
   for eqn in jaxpr.eqns:
     if eqn.primitive.name in ("scan", "while"):
       return eqn
-    for sub in _sub_jaxprs(eqn):
+    for sub in _step.sub_jaxprs(eqn):
       if (found := _first_loop(sub)) is not None:
         return found
   return None
@@ -252,7 +246,7 @@ def _count_reductions(jaxpr, size: int) -> int:
   for eqn in jaxpr.eqns:
     if eqn.primitive.name in ("reduce", "reduce_sum") and eqn.invars[0].aval.size >= size:
       n += 1
-    n += sum(_count_reductions(sub, size) for sub in _sub_jaxprs(eqn))
+    n += sum(_count_reductions(sub, size) for sub in _step.sub_jaxprs(eqn))
   return n
 
 
@@ -260,7 +254,7 @@ def _search_reductions(fn, ss) -> int:
   """Reductions that read whole matrices or stacks of them (not the per-row partial counts) in
   one pass of the threshold search (the body of the program's first loop)."""
   loop = _first_loop(jax.make_jaxpr(fn)(ss).jaxpr)
-  return sum(_count_reductions(sub, min(s.size for s in ss)) for sub in _sub_jaxprs(loop))
+  return sum(_count_reductions(sub, min(s.size for s in ss)) for sub in _step.sub_jaxprs(loop))
 
 
 @pytest.mark.parametrize("bits", [1, 2])
@@ -276,24 +270,9 @@ def test_stacked_search_counts_each_block_once_per_pass(bits, monkeypatch):
   assert _search_reductions(lambda s: masks.local_topk_masks(s, 0.1, shared_loop=True), ss) == 12
 
 
-def _unconditional_conds(jaxpr) -> int:
-  """Conds a run of the program always meets: those outside any cond's branches."""
-  n = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "cond":
-      n += 1
-    else:
-      n += sum(_unconditional_conds(sub) for sub in _sub_jaxprs(eqn))
-  return n
-
-
-def _joint(enabled: bool):
-  return mock.patch.object(masks, "default_joint_conds", lambda: enabled)
-
-
 def _conds(fn, ss, joint: bool) -> int:
-  with _joint(joint):  # a fresh wrapper: make_jaxpr caches traces per function
-    return _unconditional_conds(jax.make_jaxpr(lambda s: fn(s))(ss).jaxpr)
+  with _step.joint_conds(joint):  # a fresh wrapper: make_jaxpr caches traces per function
+    return _step.unconditional_conds(jax.make_jaxpr(lambda s: fn(s))(ss).jaxpr)
 
 
 def test_joint_conds_put_every_branch_behind_one():
@@ -335,7 +314,7 @@ def test_joint_conds_same_masks(arrays, level):
   ss = [jnp.asarray(a) for a in arrays]
   got = {}
   for joint, fns in _JOINT_FNS.items():
-    with _joint(joint):
+    with _step.joint_conds(joint):
       got[joint] = [f(ss, level) for f in fns]
   for m_sep, m_joint in zip(got[False], got[True], strict=True):
     for a, b in zip(m_sep, m_joint, strict=True):
@@ -411,7 +390,7 @@ def test_sigmoid_threshold_masks_joint_matches_oracle(arrays, tau, shifts):
   # oracle's masks either way.
   ss = [a + np.float32(sh) for a, sh in zip(arrays, shifts, strict=False)]
   for joint, fn in _SIGMOID_MANY.items():
-    with _joint(joint):
+    with _step.joint_conds(joint):
       got = fn([jnp.asarray(s) for s in ss], tau)
     for s, m in zip(ss, got, strict=True):
       np.testing.assert_array_equal(np.asarray(m).astype(bool), _sigmoid_oracle(s, tau))
