@@ -356,9 +356,9 @@ def render_step_tokens(runs: Sequence[dict[str, Any]]) -> str:
   for res in runs:
     for name, sec in res.get("models", {}).items():
       s = sec["settings"]
-      found.append((name, s["batch_size"] * s["seq_len"], s, sec, res))
+      found.append((name, s["batch_size"] * s["seq_len"], sec, res))
   found.sort(key=lambda x: (x[0], x[1]))
-  variants = list(dict.fromkeys(v for *_, sec, _ in found for v in sec["variants"]))
+  variants = list(dict.fromkeys(v for _, _, sec, _ in found for v in sec["variants"]))
   variants = [v for v in variants if v != "dense" and not v.startswith("torch_")]
   lines = [
     "### Train step: what pruning adds, by tokens per step",
@@ -371,12 +371,13 @@ def render_step_tokens(runs: Sequence[dict[str, Any]]) -> str:
     "",
   ]
   dates = sorted({res.get("date", "?") for *_, res in found})
-  first = found[0][4] if found else {}
+  first = found[0][3] if found else {}
   lines += _provenance({**first, "date": ", ".join(dates)}) + [""]
   header = ["model", "batch x seq", "tokens / step", "rounds x steps", "dense step ms"]
   header += [f"`{v}`" for v in variants]
   rows = []
-  for name, tokens, s, sec, _ in found:
+  for name, tokens, sec, _ in found:
+    s = sec["settings"]
     dense = sec["variants"]["dense"]["median_s"]
     row = [
       name,
@@ -394,7 +395,7 @@ def render_step_tokens(runs: Sequence[dict[str, Any]]) -> str:
       )
     rows.append(row)
   lines += _table(header, rows)
-  counted = [(name, tokens, sec) for name, tokens, _, sec, _ in found
+  counted = [(name, tokens, sec) for name, tokens, sec, _ in found
              if "token_elements_per_step" in sec["variants"].get("dense", {})]
   if counted:
     differ = []
