@@ -48,7 +48,8 @@ decimal product when that product is an integer (0.7 * 10 -> 6): pass ``level`` 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import contextlib
+from collections.abc import Hashable, Iterator, Sequence
 from typing import NamedTuple
 
 import jax
@@ -62,6 +63,44 @@ L0_RIGHT = 1.1
 L0_BETA = 2.0 / 3.0
 L0_U_MIN = 1e-4
 L0_U_MAX = 0.9999
+
+_PLATFORMS = ("cpu", "gpu", "tpu")
+_target: str | None = None  # set by `target_platform` while it is active
+
+
+def traced_platform() -> str:
+  """The platform the masks are traced for: ``"cpu"``, ``"gpu"`` or ``"tpu"``.
+
+  `jax.default_backend()` (``"cuda"`` and ``"rocm"`` read as ``"gpu"``), unless a
+  `target_platform` block says otherwise. Every backend-dependent choice in this module (the
+  search's bits per pass, narrow counts, where the conds sit, one search loop or several) reads
+  it at trace time; the masks do not depend on it.
+  """
+  if _target is not None:
+    return _target
+  backend = jax.default_backend()
+  return "gpu" if backend in ("cuda", "rocm") else backend
+
+
+@contextlib.contextmanager
+def target_platform(platform: str | None) -> Iterator[None]:
+  """While active, trace the masks as for ``platform`` ("cpu", "gpu" or "tpu"; None: this
+  process's default backend).
+
+  For ahead-of-time compilation on a host of another platform: a train step traced on a CPU host
+  for a GPU (`jax.experimental.topologies`, as ``benchmarks/gpu_program.py`` does) would
+  otherwise get the CPU's choices, tuned for a CPU. A trace-time switch, not thread-safe: trace
+  inside the block, compile and run anywhere.
+  """
+  global _target
+  if platform is not None and platform not in _PLATFORMS:
+    raise ValueError(f"target_platform: unknown platform {platform!r}; choose from {_PLATFORMS}")
+  previous, _target = _target, platform
+  try:
+    yield
+  finally:
+    _target = previous
+
 
 _INT32_MAX = 2**31 - 1
 _LIMB = 12
@@ -159,7 +198,7 @@ def count_true(x: jax.Array) -> jax.Array:
 
 def _narrow(x: jax.Array, batch: int = 0) -> bool:
   return (
-    jax.default_backend() == "cpu" and x.ndim > batch and 1 < x.shape[-1] < _U16_LIMIT
+    traced_platform() == "cpu" and x.ndim > batch and 1 < x.shape[-1] < _U16_LIMIT
   )
 
 
@@ -215,7 +254,7 @@ def default_radix_bits() -> int:
   is scalar all-reduces only; on GPU/TPU memory bandwidth makes the search cheap either way,
   and the variadic form has not been measured there.
   """
-  return 2 if jax.default_backend() == "cpu" else 1
+  return 2 if traced_platform() == "cpu" else 1
 
 
 class _Block(NamedTuple):
@@ -379,7 +418,7 @@ def default_joint_conds() -> bool:
   step where some block needs its branch runs the per-block conds inside it. With it, local
   top-k uses the shared search loop. The masks are the same.
   """
-  return jax.default_backend() != "cpu"
+  return traced_platform() != "cpu"
 
 
 def _kept_ties_all(
@@ -573,7 +612,7 @@ def _use_shared_loop(shared_loop: bool | None) -> bool:
   # One loop for all matrices means 32 / bits sequential passes, not that many per matrix: fewer
   # kernel launches and loop-predicate round trips on GPU/TPU. On CPU, separate loops are faster
   # (XLA's CPU runtime runs independent loops concurrently) and compile faster.
-  return jax.default_backend() != "cpu" if shared_loop is None else shared_loop
+  return traced_platform() != "cpu" if shared_loop is None else shared_loop
 
 
 def _local_select(

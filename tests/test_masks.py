@@ -510,3 +510,33 @@ def test_changing_level_does_not_recompile():
     local, glob = step(s, jnp.float32(level))
     assert int(local) == oracle_keep_count(level, s.size)
     assert int(glob) + int(step(s, jnp.float32(level))[0]) > 0
+
+
+def test_target_platform_traces_the_gpu_choices_on_a_cpu_host_and_same_masks():
+  # Compiling ahead of time for a GPU on a CPU host (benchmarks/gpu_program.py): the masks must
+  # trace with the GPU's choices (one-bit passes, int32 counts, one shared cond, one loop), and
+  # these give the same masks.
+  ss = [jnp.asarray(np.random.default_rng(3).normal(size=s), jnp.float32)
+        for s in [(8, 16), (16, 8)] * 3]
+  assert masks.traced_platform() == "cpu"
+  assert (masks.default_radix_bits(), masks.default_joint_conds()) == (2, False)
+  fn = jax.jit(lambda s, lv: masks.local_topk_masks(s, lv))
+  cpu = fn(ss, 0.3)
+  cpu_jaxpr = jax.make_jaxpr(lambda s: masks.local_topk_masks(s, 0.3))(ss)
+  with masks.target_platform("gpu"):
+    assert masks.traced_platform() == "gpu"
+    assert (masks.default_radix_bits(), masks.default_joint_conds()) == (1, True)
+    with masks.target_platform("cpu"):  # nested blocks restore the outer one
+      assert masks.traced_platform() == "cpu"
+    assert masks.traced_platform() == "gpu"
+    gpu = jax.jit(lambda s, lv: masks.local_topk_masks(s, lv))(ss, 0.3)
+    gpu_jaxpr = jax.make_jaxpr(lambda s: masks.local_topk_masks(s, 0.3))(ss)
+  assert masks.traced_platform() == "cpu"
+  conds = [_step.unconditional_conds(j.jaxpr) for j in (cpu_jaxpr, gpu_jaxpr)]
+  assert conds == [6, 1]
+  assert "u16" in str(cpu_jaxpr) and "u16" not in str(gpu_jaxpr)  # narrow counts: CPU only
+  for a, b in zip(cpu, gpu, strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match="unknown platform 'cuda'"):
+    with masks.target_platform("cuda"):
+      pass
