@@ -495,6 +495,55 @@ def _spec_for(name: str, score_scale: float) -> pruning.PruningSpec | None:
   return pruning.PruningSpec(**kwargs, score_init="uniform", score_scale=score_scale)
 
 
+def variant_optimizer(
+  spec: pruning.PruningSpec | None,
+  params: Any,
+  scores: Any,
+  *,
+  level: float,
+  tau: float,
+  l0_lambda: float,
+  sigmoid_lambda: float,
+) -> optax.GradientTransformation:
+  """The trainer's optimizer for one variant, with constant schedules (a step mid-pruning):
+  keep fraction ``level`` (top-k, magnitude) or threshold ``tau`` (soft movement), and a
+  constant regularisation weight (soft movement, L0) so that the regulariser is computed."""
+  if spec is None:
+    level_fn, lam_fn = optax.constant_schedule(1.0), optax.constant_schedule(0.0)
+  elif spec.method == "sigmoid_threshold":
+    level_fn, lam_fn = optax.constant_schedule(tau), optax.constant_schedule(sigmoid_lambda)
+  elif spec.method == "l0":
+    level_fn, lam_fn = optax.constant_schedule(1.0), optax.constant_schedule(l0_lambda)
+  else:
+    level_fn, lam_fn = optax.constant_schedule(level), optax.constant_schedule(0.0)
+  return optim.make_optimizer(
+    {"params": params, "scores": scores},
+    learning_rate=3e-5,
+    score_learning_rate=1e-2,
+    weight_decay=0.01,
+    warmup_steps=0,
+    total_steps=100_000,
+    max_grad_norm=1.0,
+    level_schedule=level_fn,
+    lambda_schedule=lam_fn,
+  )
+
+
+def variant_trace_context(name: str, prng_impl: str | None = None) -> contextlib.ExitStack:
+  """The trace-time switches variant ``name`` stands for (its suffixes: ``_sort``, ``_1bit`` /
+  ``_2bit``, ``_percond`` / ``_jointcond``, ``_nonoise``), and the PRNG implementation."""
+  stack = contextlib.ExitStack()
+  bits = next((b for suffix, b in FORCED_BITS.items() if name.endswith(suffix)), None)
+  joint = next((j for suffix, j in FORCED_CONDS.items() if name.endswith(suffix)), None)
+  stack.enter_context(sort_based_topk(name.endswith("_sort")))
+  stack.enter_context(radix_bits(bits))
+  stack.enter_context(joint_conds(joint))
+  stack.enter_context(l0_noise_free(name.endswith("_nonoise")))
+  if prng_impl is not None:
+    stack.enter_context(jax.default_prng_impl(prng_impl))
+  return stack
+
+
 def build_jax_variant(
   name: str,
   model: Any,
@@ -539,25 +588,8 @@ def build_jax_variant(
     scores = {}
   elif scores is None:
     scores = pruning.init_scores(params, spec, score_rng)
-  if spec is None:
-    level_fn, lam_fn = optax.constant_schedule(1.0), optax.constant_schedule(0.0)
-  elif spec.method == "sigmoid_threshold":
-    level_fn, lam_fn = optax.constant_schedule(tau), optax.constant_schedule(sigmoid_lambda)
-  elif spec.method == "l0":
-    level_fn, lam_fn = optax.constant_schedule(1.0), optax.constant_schedule(l0_lambda)
-  else:
-    level_fn, lam_fn = optax.constant_schedule(level), optax.constant_schedule(0.0)
-  tx = optim.make_optimizer(
-    {"params": params, "scores": scores},
-    learning_rate=3e-5,
-    score_learning_rate=1e-2,
-    weight_decay=0.01,
-    warmup_steps=0,
-    total_steps=100_000,
-    max_grad_norm=1.0,
-    level_schedule=level_fn,
-    lambda_schedule=lam_fn,
-  )
+  tx = variant_optimizer(spec, params, scores, level=level, tau=tau, l0_lambda=l0_lambda,
+                         sigmoid_lambda=sigmoid_lambda)
   opts = trainer.StepOptions(kind="classification", spec=spec)
   key_data = (
     jax.random.key_data(state_rng)
@@ -588,10 +620,7 @@ def build_jax_variant(
     donate_argnums=(0,),
   )
   start = time.perf_counter()
-  bits = next((b for suffix, b in FORCED_BITS.items() if name.endswith(suffix)), None)
-  joint = next((j for suffix, j in FORCED_CONDS.items() if name.endswith(suffix)), None)
-  with (sort_based_topk(name.endswith("_sort")), radix_bits(bits), joint_conds(joint),
-        l0_noise_free(name.endswith("_nonoise")), jax.default_prng_impl(prng_impl)):
+  with variant_trace_context(name, prng_impl):
     lowered = jit_step.lower(abstract, batch, None)
     lower_s = time.perf_counter() - start
     # A second trace (left out of compile_s): the conds every step meets, the tie rule's ones on
