@@ -8,14 +8,17 @@
 #   bash benchmarks/accelerator.sh out bert-base masks       # stages: minilm, bert-base, masks
 #
 # On one H200 (2026-12-04) XLA compiled each step variant in 20-50 s, so all three stages took
-# about 12 minutes, before the stacked-search and cond-placement variants were added (12 per
+# about 12 minutes, before the stacked-search and cond-placement variants were added (14 per
 # model now): split them over calls where a call is limited. The step stages merge into the same
 # step_accelerator.json (step.py --only keeps the other model's section). With little device
-# time, the open questions first (does one shared cond per step, the default off CPU since
-# 2026-12-05, bring soft movement near L0, which has no cond; does stacking or two bits a pass
-# bring the search near the soft-movement step, which has none?):
-#   STEP_ARGS="--variants dense,l0,sigmoid_threshold,sigmoid_threshold_percond,topk_local,topk_local_percond,topk_local_2bit,topk_local_stacked --no-torch" \
+# time, the open questions first: the compiled programs (benchmarks/gpu_program.py, compiled for
+# an H100 without one; docs/results.md "What the step launches on a GPU") predict that stacking
+# the search and four bits per pass cut top-k's extra step time most (fitted: BERT-base 2.36x ->
+# 1.52x dense, MiniLM 1.53x -> 1.13x); time them against the default and soft movement:
+#   STEP_ARGS="--variants dense,sigmoid_threshold,topk_local,topk_local_stacked,topk_local_4bit,topk_local_stacked_4bit,topk_local_stacked_2bit --no-torch" \
 #     bash benchmarks/accelerator.sh out bert-base
+# then report.py sets the medians beside the fit. Whether one shared cond per step (the default
+# off CPU since 2026-12-05) matters: add sigmoid_threshold_percond,topk_local_percond, l0.
 # How much of L0's step is its gate noise (on CPU most of it at BERT-base's shape, and rbg draws
 # it cheaper: docs/results.md "Where L0's step cost goes") adds l0_nonoise,l0_rbg to a list.
 # Each stage runs even if an earlier one failed; the exit status is that of the first failure.

@@ -23,6 +23,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "results.md"
@@ -468,6 +470,124 @@ def render_masks_accelerator(res: dict[str, Any]) -> str:
   return render_masks(res, title=f"Top-k threshold on an accelerator ({_device(res)})")
 
 
+def fit_launch_costs(
+  programs: dict[str, dict[str, Any]], measured: dict[str, dict[str, float]]
+) -> dict[str, Any] | None:
+  """Least-squares fit of measured step times to what the programs launch.
+
+  ``ms = base[model] + us_per_kernel / 1000 * kernels + ms_per_gb * GB moved``, one base per
+  model, over every (model, variant) with both a program description (`gpu_program.py`) and a
+  measured median (ms). None with fewer points than unknowns + 2.
+
+  Args:
+    programs: {model: {variant: hlo_program.describe(...)}}.
+    measured: {model: {variant: median step ms}}.
+
+  Returns:
+    base_ms {model}, us_per_kernel, ms_per_gb, and points: (model, variant, measured ms,
+    fitted ms) each.
+  """
+  points = [(m, v) for m in sorted(measured) for v in measured[m] if v in programs.get(m, {})]
+  models = sorted({m for m, _ in points})
+  if len(points) < len(models) + 4:
+    return None
+  x = np.array([[float(m == mm) for mm in models]
+                + [programs[m][v]["kernels"], programs[m][v]["bytes"] / 1e9] for m, v in points])
+  y = np.array([measured[m][v] for m, v in points])
+  coef = np.linalg.lstsq(x, y, rcond=None)[0]
+  fitted = x @ coef
+  return {
+    "base_ms": dict(zip(models, coef[: len(models)].tolist(), strict=True)),
+    "us_per_kernel": float(coef[len(models)] * 1000),
+    "ms_per_gb": float(coef[len(models) + 1]),
+    "points": [(m, v, float(t), float(f)) for (m, v), t, f in zip(points, y, fitted, strict=True)],
+  }
+
+
+def _predict(fit: dict[str, Any], model: str, program: dict[str, Any]) -> float | None:
+  if model not in fit["base_ms"]:
+    return None
+  return (fit["base_ms"][model] + fit["us_per_kernel"] / 1000 * program["kernels"]
+          + fit["ms_per_gb"] * program["bytes"] / 1e9)
+
+
+def render_gpu_program(src: dict[str, Any]) -> str:
+  """gpu_program.json (this code's train steps compiled for a GPU, no device), and
+  gpu_program_<commit>.json (the code a GPU run timed) with step_accelerator.json's medians."""
+  current, timed, accel = src.get("current"), src.get("timed"), src.get("measured")
+  measured: dict[str, dict[str, float]] = {}
+  if accel is not None:
+    for model, sec in accel.get("models", {}).items():
+      measured[model] = {v: r["median_s"] * 1000 for v, r in sec["variants"].items()
+                         if not v.startswith("torch_") and r.get("median_s")}
+  timed_programs = {} if timed is None else {
+    m: sec["variants"] for m, sec in timed["models"].items()}
+  fit = fit_launch_costs(timed_programs, measured) if timed_programs else None
+  lines = ["### What the train step launches on a GPU (compiled for an H100, no device)", ""]
+  for label, res in (("This code", current), ("The code the GPU run timed", timed)):
+    if res is None:
+      continue
+    env = res["environment"]
+    lines += [
+      f"{label}: commit `{env.get('commit')}`, compiled {env['date']} by jax {env['jax']} "
+      f"({env.get('cuda_plugin')}) for `{env['device']}`, on a machine without a GPU.",
+      "",
+    ]
+  if fit is not None:
+    lines += [
+      f"Fit to the GPU run's medians ({accel.get('device')}, {accel.get('date')}; "
+      f"{len(fit['points'])} steps of the timed code): step ms = base + "
+      f"{fit['us_per_kernel']:.2f} us per kernel + {fit['ms_per_gb']:.2f} ms per GB moved, "
+      "base " + ", ".join(f"{m} {b:.2f} ms" for m, b in fit["base_ms"].items()) + ".",
+      "",
+    ]
+    lines += _table(
+      ["model", "variant (timed code)", "kernels", "GB moved", "host round trips",
+       "measured ms", "fitted ms", "fitted / measured"],
+      [[m, f"`{v}`", f"{timed_programs[m][v]['kernels']:,}",
+        f"{timed_programs[m][v]['bytes'] / 1e9:.2f}", str(timed_programs[m][v]["host_syncs"]),
+        f"{t:.1f}", f"{f:.1f}", _ratio(f / t)] for m, v, t, f in fit["points"]],
+    )
+    lines.append("")
+  if current is not None:
+    for model, sec in current["models"].items():
+      variants = sec["variants"]
+      dense = variants.get("dense")
+      b, t = sec.get("batch_shape", ["?", "?"])
+      lines += [f"#### {model}: batch {b} x seq {t}, this code", ""]
+      rows = []
+      for v, d in variants.items():
+        pred = None if fit is None else _predict(fit, model, d)
+        pred_dense = None if fit is None or dense is None else _predict(fit, model, dense)
+        peak = d["memory"]["peak"]
+        rows.append([
+          f"`{v}`", f"{d['kernels']:,}", f"{d['bytes'] / 1e9:.2f}", str(d["host_syncs"]),
+          " ".join(f"{lp['trip_count']}x{lp['body_kernels']}" for lp in d["loops"]) or "-",
+          _mib(peak), _ratio(None if dense is None else peak / dense["memory"]["peak"]),
+          _f(pred, "{:.1f}"),
+          _ratio(None if pred is None or pred_dense is None else pred / pred_dense),
+        ])
+      lines += _table(
+        ["variant", "kernels", "GB moved", "host round trips", "loops (trips x kernels)",
+         "peak MiB (compiled)", "memory / dense", "fitted ms", "fitted / dense"], rows)
+      lines.append("")
+  lines.append(
+    "Kernels: launches per step (loops counted by their trip count; of a conditional, the "
+    "branch an untied step takes). GB moved: operands + results of every kernel, an upper "
+    "bound. Fitted ms: the fit above applied to this program: an estimate, not a measurement.")
+  return "\n".join(lines)
+
+
+def _gpu_program_source(results_dir: pathlib.Path) -> dict[str, Any] | None:
+  timed = sorted(results_dir.glob("gpu_program_*.json"))
+  src = {
+    "current": _load(results_dir / "gpu_program.json"),
+    "timed": _load(timed[-1]) if timed else None,
+    "measured": _load(results_dir / "step_accelerator.json"),
+  }
+  return src if src["current"] or src["timed"] else None
+
+
 def _eval_source(results_dir: pathlib.Path) -> dict[str, Any] | None:
   own = _load(results_dir / "eval_throughput.json")
   if own is not None:
@@ -509,6 +629,8 @@ BLOCKS: dict[str, tuple[Callable[[pathlib.Path], Any], Callable[[Any], str]]] = 
   # Runs on a GPU/TPU (step.py / masks.py --out benchmarks/results/<name>_accelerator.json).
   "step_accelerator": (lambda d: _load(d / "step_accelerator.json"), render_accelerator),
   "masks_accelerator": (lambda d: _load(d / "masks_accelerator.json"), render_masks_accelerator),
+  # gpu_program.py (compiled for a GPU, no device): gpu_program.json, gpu_program_<commit>.json.
+  "gpu_program": (_gpu_program_source, render_gpu_program),
 }
 
 

@@ -81,6 +81,18 @@ JAX_VARIANTS: dict[str, tuple[dict | None, str]] = {
     dict(method="topk"),
     "movement, local top-k, two bits per pass (16 passes of fused counts; the CPU default)",
   ),
+  "topk_local_4bit": (
+    dict(method="topk"),
+    "movement, local top-k, four bits per pass (8 passes, 15 candidates counted per read)",
+  ),
+  "topk_local_stacked_2bit": (
+    dict(method="topk", stack_search=True),
+    "movement, local top-k, stacked search (as topk_local_stacked), two bits per pass",
+  ),
+  "topk_local_stacked_4bit": (
+    dict(method="topk", stack_search=True),
+    "movement, local top-k, stacked search (as topk_local_stacked), four bits per pass",
+  ),
   "topk_local_stacked": (
     dict(method="topk", stack_search=True),
     "movement, local top-k, each kernel's copies in all layers searched as one stack"
@@ -139,10 +151,10 @@ DEFAULT_VARIANTS = (
 ACCELERATOR_VARIANTS = tuple(
   "topk_local_2bit" if v == "topk_local_1bit" else v for v in DEFAULT_VARIANTS
 ) + ("topk_local_stacked", "topk_global_stacked", "topk_local_percond",
-     "sigmoid_threshold_percond")
+     "sigmoid_threshold_percond", "topk_local_4bit", "topk_local_stacked_4bit")
 TORCH_VARIANTS = ("torch_dense", "torch_topk_sort")
 # Variants that force the threshold search's bits per pass (name suffix -> bits).
-FORCED_BITS = {"_1bit": 1, "_2bit": 2}
+FORCED_BITS = {"_1bit": 1, "_2bit": 2, "_4bit": 4}
 # Variants that force where the masks' data-dependent branches sit (`masks.default_joint_conds`):
 # one cond per matrix, or all behind one shared cond.
 FORCED_CONDS = {"_percond": False, "_jointcond": True}

@@ -164,6 +164,27 @@ def test_l0_noise_variants_draw_what_they_say(step):
     v.end_round()
 
 
+def test_search_variants_train_exactly_as_the_default_search(step):
+  # Bits per pass and stacking change how the threshold is found, not the masks: one step of
+  # each variant gives the default's params and scores bitwise (the GPU candidates timed by
+  # benchmarks/accelerator.sh and described by gpu_program.py).
+  model, params = step.random_model(step.tiny_config(layers=2))
+  batch = step.make_batch(model.config, 8, 8)
+  after = {}
+  for name in ("topk_local", "topk_local_1bit", "topk_local_4bit", "topk_local_stacked",
+               "topk_local_stacked_2bit", "topk_local_stacked_4bit"):
+    v = step.build_jax_variant(name, model, params, batch, level=0.3, tau=0.69, l0_lambda=1.0,
+                               sigmoid_lambda=1.0, compiler_options=step.FAST_COMPILE)
+    v.start_round()
+    v.step()
+    after[name] = jax.device_get((v.state.params, v.state.scores))
+    v.end_round()
+  for name, got in after.items():
+    jax.tree.map(lambda a, b, n=name: np.testing.assert_array_equal(a, b, err_msg=n), got,
+                 after["topk_local"])
+  assert {"topk_local_4bit", "topk_local_stacked_4bit"} <= set(step.ACCELERATOR_VARIANTS)
+
+
 def test_minilm_config_is_the_packaged_models_shape(step):
   from mvp_jax.models import hf
 

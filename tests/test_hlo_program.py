@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax import lax
 
@@ -155,3 +156,43 @@ def test_gpu_program_rejects_unknown_models():
   assert (args.models, args.variants) == (["minilm"], ["dense", "l0"])
   with pytest.raises(SystemExit):
     gpu_program.parse_args(["--models", "gpt2"])
+
+
+def _program(kernels, gb, syncs=0, peak=100 * 2**20):
+  return dict(kernels=kernels, bytes=int(gb * 1e9), host_syncs=syncs, conds=[],
+              loops=[dict(trip_count=32, body_kernels=kernels // 64, runs=1)] if syncs else [],
+              memory=dict(peak=peak))
+
+
+def test_launch_cost_fit_recovers_known_costs_and_renders_estimates():
+  report = load_benchmark("report")
+  rng = np.random.default_rng(0)
+  base, per_kernel_us, per_gb = {"a": 2.0, "b": 5.0}, 1.5, 0.8
+  programs, measured = {}, {}
+  for m in base:
+    for i in range(5):
+      k, gb = int(rng.integers(500, 6000)), float(rng.uniform(3, 30))
+      programs.setdefault(m, {})[f"v{i}"] = _program(k, gb)
+      measured.setdefault(m, {})[f"v{i}"] = base[m] + per_kernel_us / 1000 * k + per_gb * gb
+  measured["a"]["untimed"] = 1.0  # no program: left out
+  fit = report.fit_launch_costs(programs, measured)
+  assert fit["us_per_kernel"] == pytest.approx(per_kernel_us, rel=1e-6)
+  assert fit["ms_per_gb"] == pytest.approx(per_gb, rel=1e-6)
+  assert fit["base_ms"] == pytest.approx(base, rel=1e-6)
+  assert len(fit["points"]) == 10 and all(t == pytest.approx(f) for *_, t, f in fit["points"])
+  # Too few points for four unknowns and two degrees of freedom: no fit.
+  assert report.fit_launch_costs({"a": programs["a"]}, {"a": dict(list(measured["a"].items())[:4])}
+                                 ) is None
+  env = dict(date="d", jax="0.10.2", cuda_plugin="p", device="H100", commit="abc")
+  current = {"environment": env, "models": {"a": {"batch_shape": [32, 64], "variants": {
+    "dense": _program(1000, 5.0), "topk_local": _program(3000, 7.0, syncs=1, peak=150 * 2**20)}}}}
+  timed = {"environment": env, "models": {m: {"variants": v} for m, v in programs.items()}}
+  accel = {"device": "GPU", "date": "d", "models": {m: {"variants": {
+    v: {"median_s": t / 1000} for v, t in mv.items()}} for m, mv in measured.items()}}
+  text = report.render_gpu_program(dict(current=current, timed=timed, measured=accel))
+  dense_ms = base["a"] + per_kernel_us + per_gb * 5.0
+  topk_ms = base["a"] + 3 * per_kernel_us + per_gb * 7.0
+  row = next(line for line in text.splitlines() if line.startswith("| `topk_local`"))
+  assert f"| {topk_ms:.1f} | {report._ratio(topk_ms / dense_ms)} |" in row
+  assert "| 150 | 1.50x |" in row and "| 32x46 |" in row
+  assert f"{per_kernel_us:.2f} us per kernel + {per_gb:.2f} ms per GB" in text
