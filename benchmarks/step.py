@@ -543,7 +543,8 @@ def variant_optimizer(
 
 def variant_trace_context(name: str, prng_impl: str | None = None) -> contextlib.ExitStack:
   """The trace-time switches variant ``name`` stands for (its suffixes: ``_sort``, ``_1bit`` /
-  ``_2bit``, ``_percond`` / ``_jointcond``, ``_nonoise``), and the PRNG implementation."""
+  ``_2bit`` / ``_4bit``, ``_percond`` / ``_jointcond``, ``_nonoise``), and the PRNG
+  implementation."""
   stack = contextlib.ExitStack()
   bits = next((b for suffix, b in FORCED_BITS.items() if name.endswith(suffix)), None)
   joint = next((j for suffix, j in FORCED_CONDS.items() if name.endswith(suffix)), None)
