@@ -171,8 +171,7 @@ def test_search_variants_train_exactly_as_the_default_search(step):
   model, params = step.random_model(step.tiny_config(layers=2))
   batch = step.make_batch(model.config, 8, 8)
   after = {}
-  for name in ("topk_local", "topk_local_1bit", "topk_local_4bit", "topk_local_stacked",
-               "topk_local_stacked_2bit", "topk_local_stacked_4bit"):
+  for name in ("topk_local", "topk_local_4bit", "topk_local_stacked", "topk_local_stacked_4bit"):
     v = step.build_jax_variant(name, model, params, batch, level=0.3, tau=0.69, l0_lambda=1.0,
                                sigmoid_lambda=1.0, compiler_options=step.FAST_COMPILE)
     v.start_round()
