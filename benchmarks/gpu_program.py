@@ -87,13 +87,12 @@ def gpu_mesh(target: pathlib.Path) -> Any:
 
 
 def compile_variant(
-  step: Any, mvp_jax: Any, name: str, model: Any, params: Any, batch_shape: tuple[int, int],
-  mesh: Any,
+  step: Any, name: str, model: Any, params: Any, batch_shape: tuple[int, int], mesh: Any
 ) -> dict[str, Any]:
   """Compiles one variant's train step for ``mesh``'s GPU; its program's description.
 
   Args:
-    step, mvp_jax: the modules (see `_import_code`).
+    step: the benchmark module (see `_import_code`); mvp_jax is the one it imported.
     name: a key of `step.JAX_VARIANTS`.
     model: the Linen classification model.
     params: its abstract params (`jax.ShapeDtypeStruct` leaves).
@@ -215,7 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     entry["batch_shape"] = list(SHAPES[label])
     for name in args.variants:
       print(f"[{label}] compiling {name} ...", flush=True)
-      desc = compile_variant(step, mvp_jax, name, model, params, SHAPES[label], mesh)
+      desc = compile_variant(step, name, model, params, SHAPES[label], mesh)
       entry["variants"][name] = desc
       print(f"[{label}] {name}: {desc['kernels']} kernels, {desc['bytes'] / 1e9:.2f} GB, "
             f"{desc['host_syncs']} host round trips, peak "
