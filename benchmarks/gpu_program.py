@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import importlib.metadata
 import json
 import os
@@ -105,7 +104,6 @@ def compile_variant(
   """
   import hlo_program  # noqa: PLC0415
   import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
 
   from mvp_jax import masks, pruning, sharding, trainer  # noqa: PLC0415
 
@@ -116,28 +114,13 @@ def compile_variant(
   tx = step.variant_optimizer(spec, params, scores, level=0.1, tau=0.69, l0_lambda=1.0,
                               sigmoid_lambda=1.0)
   opts = trainer.StepOptions(kind="classification", spec=spec)
-
-  def init_state(p, s):
-    return trainer.TrainState(
-      step=jnp.zeros((), jnp.int32), params=p, scores=s,
-      opt_state=tx.init({"params": p, "scores": s}),
-      rng=jax.random.key_data(jax.random.PRNGKey(0)),
-    )
-
-  abstract = jax.eval_shape(init_state, params, scores)
-  state_sh = sharding.tree_shardings(abstract, mesh, sharding.DATA_PARALLEL_RULES)
+  key_data = jax.random.key_data(jax.random.PRNGKey(0))
+  _, abstract, _, jit_step = step.jit_train_step(model, tx, opts, params, scores, key_data, mesh)
   batch_sh = sharding.batch_sharding(mesh)
   batch = {
     k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
     for k, v in step.make_batch(model.config, *batch_shape).items()
   }
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  jit_step = jax.jit(
-    functools.partial(trainer.train_step, model=model, teacher_model=None, tx=tx, opts=opts),
-    in_shardings=(state_sh, batch_sh, None),
-    out_shardings=(state_sh, replicated),
-    donate_argnums=(0,),
-  )
   start = time.perf_counter()
   with step.variant_trace_context(name), _traced_for_gpu(masks):
     lowered = jit_step.trace(abstract, batch, None).lower()
@@ -187,6 +170,7 @@ def _git_commit(root: pathlib.Path) -> str | None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
   code_root = None if args.code_root is None else pathlib.Path(args.code_root).resolve()
   step, mvp_jax = _import_code(code_root)
+  code = pathlib.Path(mvp_jax.__file__).resolve().parents[1]
   import jax  # noqa: PLC0415
 
   unknown = [v for v in args.variants if v not in step.JAX_VARIANTS]
@@ -201,8 +185,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       "cuda_plugin": _plugin_version(),
       "target": args.target,
       "device": str(mesh.devices.flat[0].device_kind),
-      "code": str(pathlib.Path(mvp_jax.__file__).resolve().parents[1]),
-      "commit": _git_commit(pathlib.Path(mvp_jax.__file__).resolve().parents[1]),
+      "code": str(code),
+      "commit": _git_commit(code),
     },
     "models": {},
   }

@@ -557,6 +557,45 @@ def variant_trace_context(name: str, prng_impl: str | None = None) -> contextlib
   return stack
 
 
+def jit_train_step(
+  model: Any, tx: optax.GradientTransformation, opts: trainer.StepOptions, params: Any,
+  scores: Any, key_data: jax.Array, mesh: jax.sharding.Mesh,
+) -> tuple[Callable[[Any, Any], Any], Any, Any, Any]:
+  """The trainer's step jitted as `trainer.train_and_evaluate` does (state donated, mesh
+  shardings), with what builds its state.
+
+  Args:
+    model, tx, opts: as `trainer.train_step` takes them.
+    params, scores: concrete or abstract trees (only their shapes are read here).
+    key_data: the state's PRNG key data.
+    mesh: a ("data", "model") mesh (`sharding.make_mesh`, or a device-less one).
+
+  Returns:
+    (init_state(params, scores) -> TrainState, the abstract state, its shardings, the jitted
+    step).
+  """
+
+  def init_state(p, s):
+    return trainer.TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=p,
+      scores=s,
+      opt_state=tx.init({"params": p, "scores": s}),
+      rng=key_data,
+    )
+
+  abstract = jax.eval_shape(init_state, params, scores)
+  state_sh = sharding.tree_shardings(abstract, mesh, sharding.DATA_PARALLEL_RULES)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  jit_step = jax.jit(
+    functools.partial(trainer.train_step, model=model, teacher_model=None, tx=tx, opts=opts),
+    in_shardings=(state_sh, sharding.batch_sharding(mesh), None),
+    out_shardings=(state_sh, replicated),
+    donate_argnums=(0,),
+  )
+  return init_state, abstract, state_sh, jit_step
+
+
 def build_jax_variant(
   name: str,
   model: Any,
@@ -610,28 +649,12 @@ def build_jax_variant(
     else state_rng
   )
 
-  def init_state(p, s):
-    return trainer.TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=p,
-      scores=s,
-      opt_state=tx.init({"params": p, "scores": s}),
-      rng=key_data,
-    )
-
   mesh = sharding.make_mesh((-1, 1))
-  abstract = jax.eval_shape(init_state, params, scores)
-  state_sh = sharding.tree_shardings(abstract, mesh, sharding.DATA_PARALLEL_RULES)
+  init_state, abstract, state_sh, jit_step = jit_train_step(
+    model, tx, opts, params, scores, key_data, mesh)
   batch = sharding.global_batch(batch_np, mesh)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   # Fresh copies of params/scores each round (the step donates its state).
   jit_init = jax.jit(init_state, out_shardings=state_sh)
-  jit_step = jax.jit(
-    functools.partial(trainer.train_step, model=model, teacher_model=None, tx=tx, opts=opts),
-    in_shardings=(state_sh, sharding.batch_sharding(mesh), None),
-    out_shardings=(state_sh, replicated),
-    donate_argnums=(0,),
-  )
   start = time.perf_counter()
   with variant_trace_context(name, prng_impl):
     lowered = jit_step.lower(abstract, batch, None)
