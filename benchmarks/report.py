@@ -555,10 +555,10 @@ def render_gpu_program(src: dict[str, Any]) -> str:
       dense = variants.get("dense")
       b, t = sec.get("batch_shape", ["?", "?"])
       lines += [f"#### {model}: batch {b} x seq {t}, this code", ""]
+      pred_dense = None if fit is None or dense is None else _predict(fit, model, dense)
       rows = []
       for v, d in variants.items():
         pred = None if fit is None else _predict(fit, model, d)
-        pred_dense = None if fit is None or dense is None else _predict(fit, model, dense)
         peak = d["memory"]["peak"]
         rows.append([
           f"`{v}`", f"{d['kernels']:,}", f"{d['bytes'] / 1e9:.2f}", str(d["host_syncs"]),
