@@ -52,6 +52,13 @@ def main(argv, step_fn=None):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   _quiet_libraries()
+  # Before JAX starts its threads (mvp_jax.host_memory); no JAX imported yet.
+  from mvp_jax import host_memory
+
+  if _CONFIG.value.train.get("reuse_host_memory", True):
+    reused = host_memory.reuse_freed_memory()
+    logging.info("host memory: %s", "malloc keeps freed memory (one arena, no mmap, no trim)"
+                 if reused else "left to the C library (not glibc)")
   # Imported here so that `--help` and flag errors come back before JAX initialises.
   from mvp_jax import trainer
   from mvp_jax.errors import UserError

@@ -29,6 +29,7 @@ RESUMABLE_FIELDS = (
   "train.checkpoint_every_steps",
   "train.keep_checkpoints",
   "train.progress_bar",
+  "train.reuse_host_memory",
   "train.allow_config_change",
   "train.export",
   "train.report",

@@ -8,6 +8,7 @@ uninterrupted reference run compiles from scratch.
 
 import json
 import pathlib
+import platform
 import re
 import signal
 import subprocess
@@ -65,6 +66,10 @@ def reference(tiny_dir, env, session_dir):
   def run(workdir):
     r = run_cli(cli_args(workdir, tiny_dir, EXPORT), env)
     assert r.returncode == 0, r.stderr[-3000:]
+    # train.reuse_host_memory is on by default (mvp_jax.host_memory); this run is what the
+    # in-process runs below are compared with bit for bit.
+    kept = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert ("host memory: malloc keeps freed memory" in r.stderr) is kept, r.stderr[-3000:]
 
   return build_once(session_dir / "reliability_reference", run)
 

@@ -41,6 +41,7 @@ MODULES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
   ("mvp_jax.data.tasks", None),
   ("mvp_jax.data.batching", None),
   ("mvp_jax.metrics", None),
+  ("mvp_jax.host_memory", ("reuse_freed_memory",)),
   ("mvp_jax.trainer", ("train_and_evaluate",)),
 )
 _SECTIONS = ("Args", "Arguments", "Attributes", "Returns", "Yields", "Raises", "Example",
