@@ -86,7 +86,10 @@ def _provenance(res: dict[str, Any]) -> list[str]:
   if not versions and res.get("jax"):
     versions = f"jax {res['jax']}"
   device = res.get("device", res.get("backend", "?"))
-  lines = [f"Run {res.get('date', '?')} on {cpu} ({cores} cores), device `{device}`; {versions}."]
+  kept = ("; host memory kept (`mvp_jax.host_memory`)" if res.get("host_memory") == "reuse"
+          else "")
+  lines = [f"Run {res.get('date', '?')} on {cpu} ({cores} cores), device `{device}`; "
+           f"{versions}{kept}."]
   if res.get("quick"):
     lines += [
       "",
@@ -418,6 +421,48 @@ def render_step_tokens(runs: Sequence[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def render_host_memory(res: dict[str, Any]) -> str:
+  """host_memory.json: train steps with glibc's default malloc vs `reuse_freed_memory`.
+
+  One row per (model, variant): each setting's median step and minor page faults per step,
+  their ratio, and each setting's step over its own dense step (the issue's 5% target).
+  """
+  lines = [
+    "### Train step: glibc's malloc vs kept host memory",
+    "",
+    "Two worker processes per model, one per setting (`glibc`: malloc as the C library sets it; "
+    "`reuse`: `mvp_jax.host_memory.reuse_freed_memory`, what `train.py` does by default), the "
+    "same compiled steps in each, timed one step at a time round-robin across both. Faults: "
+    "minor page faults per step (pages of 4 KiB the kernel maps and zeroes).",
+    "",
+  ]
+  lines += _provenance(res) + [""]
+  header = ["model", "variant", "glibc ms", "reuse ms", "reuse / glibc", "glibc faults / step",
+            "reuse faults / step", "time / dense (glibc)", "time / dense (reuse)"]
+  rows, rss = [], []
+  for name, sec in res.get("models", {}).items():
+    dense = sec["variants"].get("dense")
+    for v, r in sec["variants"].items():
+      g, u = r["glibc"], r["reuse"]
+      rows.append([
+        name, f"`{v}`", _ms(g["median_s"]), _ms(u["median_s"]),
+        _ratio(u["median_s"] / g["median_s"]),
+        f"{g['faults_per_step']:,.0f}", f"{u['faults_per_step']:,.0f}",
+        _ratio(g["median_s"] / dense["glibc"]["median_s"]) if dense else "",
+        _ratio(u["median_s"] / dense["reuse"]["median_s"]) if dense else "",
+      ])
+    s, w = sec["settings"], sec["workers"]
+    rss.append(
+      f"{name} (batch {s['batch_size']} x seq {s['seq_len']}, {s['rounds']} rounds x "
+      f"{s['steps']} steps, weights {s['weights']}): peak RSS {_mib(w['glibc']['peak_rss_bytes'])}"
+      f" MiB with glibc's malloc, {_mib(w['reuse']['peak_rss_bytes'])} MiB kept"
+      + ("" if w["reuse"]["applied"] else " (**the setting did not take effect**)") + ".")
+  lines += _table(header, rows) + [""]
+  lines += ["Each worker's peak resident memory (all its variants compiled and run): "
+            + " ".join(rss)]
+  return "\n".join(lines)
+
+
 def render_eval(
   res: dict[str, Any], title: str = "Evaluation throughput of the exported model"
 ) -> str:
@@ -626,6 +671,8 @@ BLOCKS: dict[str, tuple[Callable[[pathlib.Path], Any], Callable[[Any], str]]] = 
   # step.py --batch-size/--seq-len, one shape per file: step_tokens_<model>_<batch>x<seq>.json.
   "step_tokens": (_tokens_source, render_step_tokens),
   "eval": (_eval_source, render_eval),
+  # host_memory.py: glibc's malloc vs mvp_jax.host_memory.reuse_freed_memory.
+  "host_memory": (lambda d: _load(d / "host_memory.json"), render_host_memory),
   # Runs on a GPU/TPU (step.py / masks.py --out benchmarks/results/<name>_accelerator.json).
   "step_accelerator": (lambda d: _load(d / "step_accelerator.json"), render_accelerator),
   "masks_accelerator": (lambda d: _load(d / "masks_accelerator.json"), render_masks_accelerator),

