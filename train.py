@@ -52,7 +52,7 @@ def main(argv, step_fn=None):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   _quiet_libraries()
-  # Before JAX starts its threads (mvp_jax.host_memory); no JAX imported yet.
+  # Before JAX runs anything and starts its threads (mvp_jax.host_memory).
   from mvp_jax import host_memory
 
   if _CONFIG.value.train.get("reuse_host_memory", True):
