@@ -673,6 +673,11 @@ BLOCKS: dict[str, tuple[Callable[[pathlib.Path], Any], Callable[[Any], str]]] = 
   "eval": (_eval_source, render_eval),
   # host_memory.py: glibc's malloc vs mvp_jax.host_memory.reuse_freed_memory.
   "host_memory": (lambda d: _load(d / "host_memory.json"), render_host_memory),
+  # step.py --reuse-host-memory --no-torch --no-eval --out step_reuse.json: as train.py runs.
+  "step_reuse": (
+    lambda d: _load(d / "step_reuse.json"),
+    lambda res: render_step(res, title="Train step with kept host memory (as train.py runs)"),
+  ),
   # Runs on a GPU/TPU (step.py / masks.py --out benchmarks/results/<name>_accelerator.json).
   "step_accelerator": (lambda d: _load(d / "step_accelerator.json"), render_accelerator),
   "masks_accelerator": (lambda d: _load(d / "masks_accelerator.json"), render_masks_accelerator),
