@@ -971,3 +971,22 @@ def test_host_memory_benchmark_runs_both_settings_and_renders(report, tmp_path):
   text = report.update_doc(doc, tmp_path)
   assert "### Train step: glibc's malloc vs kept host memory" in text
   assert "| tiny | `topk_local` |" in text
+
+
+def test_profile_step_sums_thunks_by_kernel_kind_per_step():
+  """profile_step.ms_by_kind: instances of a kind summed, per step; non-kernel spans left out."""
+  prof = load_benchmark("profile_step")
+  events = [
+    ("tf_XLAEigen/1", "multiply_add_fusion.757", 4e6),
+    ("tf_XLAEigen/2", "multiply_add_fusion.12", 2e6),
+    ("tf_XLAEigen/1", "while", 1e6),
+    ("tf_XLAEigen/1", "while.3", 1e6),
+    ("tf_XLAEigen/1", "ThunkExecutor::Execute", 50e6),
+    ("tf_XLAPjRtCpuClient/9", "PjRtCpuExecutable::Execute", 60e6),
+    ("python", "multiply_add_fusion.1", 9e6),
+  ]
+  got = prof.ms_by_kind(events, steps=2)
+  assert got == {"multiply_add_fusion": 3.0, "while": 1.0}
+  assert list(got) == ["multiply_add_fusion", "while"]  # largest first
+  assert prof.kernel_kind("ynn_fusion.295") == "ynn_fusion"
+  assert prof.kernel_kind("dot") == "dot"
