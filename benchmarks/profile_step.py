@@ -26,7 +26,7 @@ from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "profile_step.json"
-SHAPES = {"minilm": (32, 64), "bert-base": (8, 128)}
+MODELS = ("minilm", "bert-base")  # batch x seq as step.py's PLANS
 _NUMBER = re.compile(r"\.\d+$")
 # Events that are not kernels: the executor's own spans and the Python thread's.
 _SKIP = ("ThunkExecutor", "PjRt")
@@ -80,7 +80,8 @@ def profile(model_name: str, variants: Sequence[str], steps: int, reuse: bool,
 
   config = step.minilm_config() if model_name == "minilm" else step.bert_base_config()
   model, params = step.random_model(config)
-  batch = step.make_batch(config, *SHAPES[model_name])
+  plan = step.PLANS[model_name]
+  batch = step.make_batch(config, plan["batch_size"], plan["seq_len"])
   out: dict[str, Any] = {**step.environment(), "host_memory": "reuse" if reuse else "glibc",
                          "model": model_name, "steps": steps, "variants": {}}
   for name in variants:
@@ -103,7 +104,7 @@ def profile(model_name: str, variants: Sequence[str], steps: int, reuse: bool,
 
 def main(argv: Sequence[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--model", choices=sorted(SHAPES), default="bert-base")
+  p.add_argument("--model", choices=MODELS, default="bert-base")
   p.add_argument("--variants", default="dense,magnitude,topk_local,sigmoid_threshold")
   p.add_argument("--steps", type=int, default=3, help="traced steps per variant")
   p.add_argument("--glibc-malloc", action="store_true",
