@@ -1,6 +1,7 @@
 """Smoke tests of the benchmark scripts: they still run, and the sort-based top-k they compare
 against is the same mask as ours. No timing is asserted."""
 
+import collections
 import json
 import pathlib
 import platform
@@ -973,20 +974,80 @@ def test_host_memory_benchmark_runs_both_settings_and_renders(report, tmp_path):
   assert "| tiny | `topk_local` |" in text
 
 
-def test_profile_step_sums_thunks_by_kernel_kind_per_step():
-  """profile_step.ms_by_kind: instances of a kind summed, per step; non-kernel spans left out."""
+def test_profile_step_attributes_self_time_and_shares_concurrent_time():
+  """profile_step.attribute on a hand-made trace: nested thunks' time leaves their parent's
+  self time, concurrent thunks share each moment, non-kernel spans are left out."""
   prof = load_benchmark("profile_step")
+  ms = 1e6
   events = [
-    ("tf_XLAEigen/1", "multiply_add_fusion.757", 4e6),
-    ("tf_XLAEigen/2", "multiply_add_fusion.12", 2e6),
-    ("tf_XLAEigen/1", "while", 1e6),
-    ("tf_XLAEigen/1", "while.3", 1e6),
-    ("tf_XLAEigen/1", "ThunkExecutor::Execute", 50e6),
-    ("tf_XLAPjRtCpuClient/9", "PjRtCpuExecutable::Execute", 60e6),
-    ("python", "multiply_add_fusion.1", 9e6),
+    ("tf_XLAEigen/1", "while.3", 0, 10 * ms),  # its body's kernel runs inside it
+    ("tf_XLAEigen/1", "convert_reduce_fusion.7", 2 * ms, 3 * ms),
+    ("tf_XLAEigen/1", "end: convert_reduce_fusion.7", 4 * ms, 1 * ms),
+    ("tf_XLAEigen/2", "multiply_add_fusion.757", 3 * ms, 4 * ms),
+    ("tf_XLAEigen/2", "ThunkExecutor::Execute", 0, 50 * ms),
+    ("tf_XLAPjRtCpuClient/9", "PjRtCpuExecutable::Execute", 0, 60 * ms),
+    ("python", "multiply_add_fusion.1", 0, 9 * ms),
   ]
-  got = prof.ms_by_kind(events, steps=2)
-  assert got == {"multiply_add_fusion": 3.0, "while": 1.0}
-  assert list(got) == ["multiply_add_fusion", "while"]  # largest first
+  got = prof.attribute(events, steps=2)
+  assert got["self_ms_by_kind"] == pytest.approx(
+    {"while": 3.5, "multiply_add_fusion": 2.0, "convert_reduce_fusion": 1.0,
+     "end: convert_reduce_fusion": 0.5})
+  # [0,2) while; [2,3) reduce; [3,4) reduce + multiply_add; [4,5) end + multiply_add;
+  # [5,7) while + multiply_add; [7,10) while.
+  assert got["wall_ms_by_kind"] == pytest.approx(
+    {"while": 3.0, "multiply_add_fusion": 1.0, "convert_reduce_fusion": 0.75,
+     "end: convert_reduce_fusion": 0.25})
+  assert list(got["wall_ms_by_kind"])[0] == "while"  # largest first
+  assert got["busy_ms"] == pytest.approx(5.0)
   assert prof.kernel_kind("ynn_fusion.295") == "ynn_fusion"
   assert prof.kernel_kind("dot") == "dot"
+
+
+def test_profile_step_attribution_against_a_unit_grid_on_random_traces():
+  """On random nested traces over several threads: each thread's self time is its top-level
+  spans' total, and the shared times add up to the union of all kernel spans (both counted
+  on a grid of whole units)."""
+  prof = load_benchmark("profile_step")
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    events, owner = [], {}
+    for line in range(int(rng.integers(1, 4))):
+      t = 0
+      for _ in range(int(rng.integers(1, 6))):
+        t += int(rng.integers(0, 4))
+        length = int(rng.integers(1, 12))
+        events.append((f"t{line}", f"k{len(events)}", t, length))
+        owner.update({(line, u): f"k{len(events) - 1}" for u in range(t, t + length)})
+        if length > 2:  # one child strictly inside
+          c = t + int(rng.integers(1, length - 1))
+          c_len = int(rng.integers(1, t + length - c + 1))
+          events.append((f"t{line}", f"c{len(events)}", c, c_len))
+          owner.update({(line, u): f"c{len(events) - 1}" for u in range(c, c + c_len)})
+        t += length
+    got = prof.attribute([(a, b, c * 1e6, d * 1e6) for a, b, c, d in events], steps=1)
+    units = {u for _, u in owner}
+    assert got["busy_ms"] == pytest.approx(len(units))
+    expect = collections.Counter()
+    for u in units:
+      here = [name for (line, v), name in owner.items() if v == u]
+      for name in here:
+        expect[name] += 1 / len(here)
+    assert got["wall_ms_by_kind"] == pytest.approx(dict(expect))
+    assert sum(got["self_ms_by_kind"].values()) == pytest.approx(len(owner))
+
+
+def test_profile_step_runs_on_a_tiny_model(step):
+  """profile_step's two measurements end to end on the tiny model: a traced step per variant
+  whose kernels ran for at most the step's time, and the optimizer update alone, whose score
+  count is the pruned matrices' size."""
+  prof = load_benchmark("profile_step")
+  model, params = step.random_model(step.tiny_config())
+  got = prof.profile(step, model, params, "minilm", ["dense", "topk_local"], steps=1,
+                     log=lambda _: None)
+  for v in got.values():
+    assert 0 < v["busy_ms"] <= v["median_ms"] * 1.01
+    assert sum(v["self_ms_by_kind"].values()) >= v["busy_ms"] * 0.99
+  opt = prof.optimizer_update(step, params, rounds=2, log=lambda _: None)
+  spec = pruning.PruningSpec(method="topk")
+  assert opt["scores"] == sum(x.size for x in jax.tree.leaves(pruning.init_scores(params, spec)))
+  assert opt["params_ms"] > 0 and opt["params_and_scores_ms"] > 0
