@@ -10,8 +10,9 @@ BERT-base step at batch 8 x 128. Without them the steps were 21-26% (MiniLM) and
 back, so the next step reuses what the last one freed and faults nothing.
 
 The price: the process keeps the memory it frees until it exits (peak RSS +642 MiB for
-BERT-base, +859 MiB for MiniLM in the same benchmark; `make demo`, which also evaluates, 5.4 GiB
-instead of 3.6, for 504 s of training instead of 560). On a GPU or TPU host the device buffers
+BERT-base, +859 MiB for MiniLM in the same benchmark; `make demo` 5.4 GiB instead of 3.6, for
+504 s of training instead of 560; 1.5 GiB more in short `train.py` runs with or without
+evaluation, docs/results.md). On a GPU or TPU host the device buffers
 are not ``malloc``'d and the setting only affects the host side.
 The same effect without code, in the environment:
 ``GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=N``
