@@ -82,7 +82,8 @@ def self_segments(events: Iterable[tuple[str, float, float]]) -> list[tuple[floa
     if stack:
       run_top_until(start)
       end = min(end, stack[-1][1])
-    cursor = max(cursor, start) if stack else start
+    else:
+      cursor = start
     stack.append((name, end))
   while stack:
     run_top_until(stack[-1][1])
@@ -115,14 +116,15 @@ def attribute(events: Iterable[Event], steps: int) -> dict[str, Any]:
     starts = np.array([s for s, _, _ in segments])
     ends = np.array([e for _, e, _ in segments])
     points = np.unique(np.concatenate([starts, ends]))
+    first, last = np.searchsorted(points, starts), np.searchsorted(points, ends)
     # Segments running in each elementary interval [points[i], points[i + 1]).
     running = np.zeros(len(points))
-    np.add.at(running, np.searchsorted(points, starts), 1)
-    np.add.at(running, np.searchsorted(points, ends), -1)
+    np.add.at(running, first, 1)
+    np.add.at(running, last, -1)
     running = np.cumsum(running)[:-1]
     share = np.where(running > 0, np.diff(points) / np.maximum(running, 1), 0.0)
     cum = np.concatenate([[0.0], np.cumsum(share)])
-    wall = cum[np.searchsorted(points, ends)] - cum[np.searchsorted(points, starts)]
+    wall = cum[last] - cum[first]
     for (s, e, name), w in zip(segments, wall, strict=True):
       self_ms[kernel_kind(name)] += (e - s) / 1e6 / steps
       wall_ms[kernel_kind(name)] += float(w) / 1e6 / steps
@@ -201,30 +203,29 @@ def optimizer_update(step: Any, params: Any, rounds: int, log=print) -> dict[str
 
   spec = pruning.PruningSpec(method="topk", score_init="uniform")
   scores = pruning.init_scores(params, spec, jax.random.PRNGKey(0))
-  runs = {}
+  fns, states, grads, times = {}, {}, {}, {}
   for name, sc in (("params", {}), ("params_and_scores", scores)):
     tx = step.variant_optimizer(spec, params, sc, level=0.1, tau=0.69, l0_lambda=1.0,
                                 sigmoid_lambda=1.0)
     tree = {"params": params, "scores": sc}
-    grads = jax.tree.map(lambda x: jnp.full_like(x, 1e-3), tree)
+    grads[name] = jax.tree.map(lambda x: jnp.full_like(x, 1e-3), tree)
 
     def update(t, s, g, tx=tx):
       u, s = tx.update(g, s, t)
       return optax.apply_updates(t, u), s
 
-    fn = jax.jit(update, donate_argnums=(0, 1))
-    state = fn(jax.tree.map(jnp.copy, tree), tx.init(tree), grads)
-    jax.block_until_ready(state)
-    runs[name] = [fn, state, grads, []]
+    fns[name] = jax.jit(update, donate_argnums=(0, 1))
+    states[name] = fns[name](jax.tree.map(jnp.copy, tree), tx.init(tree), grads[name])
+    jax.block_until_ready(states[name])
+    times[name] = []
   for _ in range(rounds):
-    for run in runs.values():
-      fn, state, grads, times = run
+    for name, fn in fns.items():
       start = time.perf_counter()
-      run[1] = fn(*state, grads)
-      jax.block_until_ready(run[1])
-      times.append(time.perf_counter() - start)
-  med = {name: 1000 * statistics.median(run[3]) for name, run in runs.items()}
-  n_scores = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(scores))
+      states[name] = fn(*states[name], grads[name])
+      jax.block_until_ready(states[name])
+      times[name].append(time.perf_counter() - start)
+  med = {name: 1000 * statistics.median(t) for name, t in times.items()}
+  n_scores = sum(int(x.size) for x in jax.tree.leaves(scores))
   out = {"rounds": rounds, "scores": n_scores,
          **{f"{name}_ms": m for name, m in med.items()},
          "scores_ms": med["params_and_scores"] - med["params"]}
