@@ -1,8 +1,10 @@
 """Where a train step's time goes on CPU: `jax.profiler` over XLA:CPU's thunks, per kernel kind.
 
 Builds `step.py` variants (random weights of the model's shape), traces S steps of each with
-`jax.profiler`, and attributes the trace's XLA threads' time to kernel kinds (the thunk name
-without its number: `multiply_add_fusion`, `while`, ...), per step, two ways:
+`jax.profiler`, and attributes the trace's XLA threads' time inside the timed steps (each step
+is marked by a `TraceAnnotation`; kernels outside them, say from other work still running in the
+process, are left out) to kernel kinds (the thunk name without its number:
+`multiply_add_fusion`, `while`, ...), per step, two ways:
 
 - ``self_ms_by_kind``: each thunk's own time, without the thunks nested in it on its thread (a
   `while` thunk runs its body's kernels inside its span; summing raw spans counts them twice).
@@ -25,6 +27,7 @@ docs/results.md.
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import json
 import pathlib
@@ -44,6 +47,8 @@ MODELS = ("minilm", "bert-base")  # batch x seq as step.py's PLANS
 _NUMBER = re.compile(r"\.\d+$")
 # Events that are not kernels: the executor's and thread pool's own spans.
 _SKIP = ("ThunkExecutor", "PjRt", "ThreadpoolListener")
+# The TraceAnnotation around each timed step (on the Python thread's line).
+STEP_SPAN = "profile_step.step"
 
 # (thread name, event name, start ns, duration ns)
 Event = tuple[str, str, float, float]
@@ -91,13 +96,44 @@ def self_segments(events: Iterable[tuple[str, float, float]]) -> list[tuple[floa
   return segments
 
 
-def attribute(events: Iterable[Event], steps: int) -> dict[str, Any]:
+def clip(segments: Iterable[tuple[float, float, str]],
+         windows: Sequence[tuple[float, float]]) -> list[tuple[float, float, str]]:
+  """The parts of (start, end, name) segments that lie inside the windows.
+
+  Args:
+    segments: pieces of time, any order.
+    windows: (start, end), sorted and disjoint.
+
+  Returns:
+    (start, end, name) pieces, one per segment and window they share time with.
+  """
+  starts = [w[0] for w in windows]
+  out = []
+  for s, e, name in segments:
+    i = max(bisect.bisect_right(starts, s) - 1, 0)
+    while i < len(windows) and windows[i][0] < e:
+      lo, hi = max(s, windows[i][0]), min(e, windows[i][1])
+      if hi > lo:
+        out.append((lo, hi, name))
+      i += 1
+  return out
+
+
+def step_windows(events: Iterable[Event]) -> list[tuple[float, float]]:
+  """(start, end) ns of each `STEP_SPAN` annotation in the trace, in order."""
+  return sorted((start, start + ns) for _, name, start, ns in events if name == STEP_SPAN)
+
+
+def attribute(events: Iterable[Event], steps: int,
+              windows: Sequence[tuple[float, float]] | None = None) -> dict[str, Any]:
   """Kernel time per step by kind: self time, and self time shared among concurrent kernels.
 
   Args:
     events: every traced event (`trace_events`); the Python thread and the executor's spans
       are left out.
     steps: how many steps the trace covers.
+    windows: (start, end) ns, sorted and disjoint: only kernel time inside them counts (None:
+      all of it).
 
   Returns:
     {"self_ms_by_kind": {kind: ms}, "wall_ms_by_kind": {kind: ms}, "busy_ms": ms}, per step,
@@ -106,10 +142,12 @@ def attribute(events: Iterable[Event], steps: int) -> dict[str, Any]:
   """
   by_line: dict[str, list[tuple[str, float, float]]] = collections.defaultdict(list)
   for line, name, start, ns in events:
-    if line == "python" or name.startswith(_SKIP):
+    if line == "python" or name.startswith(_SKIP) or name == STEP_SPAN:
       continue
     by_line[line].append((name, start, start + ns))
   segments = [s for evs in by_line.values() for s in self_segments(evs)]
+  if windows is not None:
+    segments = clip(segments, windows)
   self_ms: collections.Counter[str] = collections.Counter()
   wall_ms: collections.Counter[str] = collections.Counter()
   if segments:
@@ -167,7 +205,7 @@ def _config(step: Any, model_name: str) -> Any:
 def profile(step: Any, model: Any, params: Any, model_name: str, variants: Sequence[str],
             steps: int, log=print) -> dict[str, Any]:
   """{variant: step times, median and `attribute`'s per-kind times} over ``steps`` traced steps
-  of each variant (after one untraced step)."""
+  of each variant (after one untraced step); only kernel time inside the steps counts."""
   import jax
 
   plan = step.PLANS[model_name]
@@ -180,14 +218,24 @@ def profile(step: Any, model: Any, params: Any, model_name: str, variants: Seque
     v.step()  # first-call costs, untraced
     with tempfile.TemporaryDirectory() as tmp:
       jax.profiler.start_trace(tmp)
-      times = [v.step() for _ in range(steps)]
+      times = []
+      for _ in range(steps):
+        with jax.profiler.TraceAnnotation(STEP_SPAN):
+          times.append(v.step())
       jax.profiler.stop_trace()
-      kinds = attribute(trace_events(pathlib.Path(tmp)), steps)
+      events = trace_events(pathlib.Path(tmp))
+    windows = step_windows(events)
+    if len(windows) != steps:
+      raise RuntimeError(f"{name}: the trace holds {len(windows)} {STEP_SPAN!r} spans for "
+                         f"{steps} steps")
+    kinds = attribute(events, steps, windows)
+    # Kernel time outside the steps: other work still running in the process (0 when alone).
+    kinds["outside_busy_ms"] = attribute(events, steps)["busy_ms"] - kinds["busy_ms"]
     v.end_round()
     out[name] = {"step_ms": [1000 * t for t in times],
                  "median_ms": 1000 * statistics.median(times), **kinds}
     log(f"{name}: step {1000 * statistics.median(times):.0f} ms, kernels busy "
-        f"{kinds['busy_ms']:.0f} ms")
+        f"{kinds['busy_ms']:.0f} ms (outside the steps: {kinds['outside_busy_ms']:.0f} ms)")
   return out
 
 
