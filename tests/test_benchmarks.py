@@ -734,7 +734,7 @@ def test_score_gradient_interventions_against_direct_gradients_on_a_tiny_run(int
   z = logits(trainable)
   err = jax.nn.softmax(z) - jax.nn.one_hot(batch["labels"], z.shape[-1])
   mean_err = (err * w[:, None]).sum(0) / w.sum()
-  # Jitted: op by op, these gradients (and the modes' vmapped pull-backs) take minutes.
+  # Jitted: op by op, these gradients and the modes' vmapped pull-backs take twice as long.
   whole = jax.jit(jax.grad(
       lambda tr: trainer.task_loss(logits(tr), batch, "classification")))(trainable)
   common = jax.jit(jax.grad(lambda tr: ((logits(tr) @ mean_err) * w).sum() / w.sum()))(trainable)
@@ -1043,7 +1043,7 @@ def test_profile_step_attribution_against_a_unit_grid_on_random_traces():
           events.append((f"t{line}", f"c{len(events)}", c, c_len))
           owner.update({(line, u): f"c{len(events) - 1}" for u in range(c, c + c_len)})
         t += length
-    windows, inside = None, None
+    windows = None
     if trial % 2:  # 1-3 disjoint windows of whole units
       edges = np.sort(rng.choice(np.arange(0, 60), size=2 * int(rng.integers(1, 4)),
                                  replace=False))
