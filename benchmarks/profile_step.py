@@ -119,6 +119,16 @@ def clip(segments: Iterable[tuple[float, float, str]],
   return out
 
 
+def union_ns(segments: Iterable[tuple[float, float, str]]) -> float:
+  """How long at least one of the (start, end, name) segments runs."""
+  total, reach = 0.0, -np.inf
+  for s, e, _ in sorted(segments):
+    if e > reach:
+      total += e - max(s, reach)
+      reach = e
+  return total
+
+
 def step_windows(events: Iterable[Event]) -> list[tuple[float, float]]:
   """(start, end) ns of each `STEP_SPAN` annotation in the trace, in order."""
   return sorted((start, start + ns) for _, name, start, ns in events if name == STEP_SPAN)
@@ -138,7 +148,7 @@ def attribute(events: Iterable[Event], steps: int,
   Returns:
     {"self_ms_by_kind": {kind: ms}, "wall_ms_by_kind": {kind: ms}, "busy_ms": ms}, per step,
     kinds largest first; ``busy_ms`` is the time at least one kernel ran (the sum of the wall
-    shares).
+    shares). With ``windows``, also "outside_busy_ms": the time kernels ran outside them.
   """
   by_line: dict[str, list[tuple[str, float, float]]] = collections.defaultdict(list)
   for line, name, start, ns in events:
@@ -146,8 +156,11 @@ def attribute(events: Iterable[Event], steps: int,
       continue
     by_line[line].append((name, start, start + ns))
   segments = [s for evs in by_line.values() for s in self_segments(evs)]
+  outside: dict[str, float] = {}
   if windows is not None:
+    every = union_ns(segments)
     segments = clip(segments, windows)
+    outside["outside_busy_ms"] = (every - union_ns(segments)) / 1e6 / steps
   self_ms: collections.Counter[str] = collections.Counter()
   wall_ms: collections.Counter[str] = collections.Counter()
   if segments:
@@ -168,7 +181,7 @@ def attribute(events: Iterable[Event], steps: int,
       wall_ms[kernel_kind(name)] += float(w) / 1e6 / steps
   return {"self_ms_by_kind": dict(self_ms.most_common()),
           "wall_ms_by_kind": dict(wall_ms.most_common()),
-          "busy_ms": sum(wall_ms.values())}
+          "busy_ms": sum(wall_ms.values()), **outside}
 
 
 def trace_events(trace_dir: pathlib.Path) -> list[Event]:
@@ -228,9 +241,8 @@ def profile(step: Any, model: Any, params: Any, model_name: str, variants: Seque
     if len(windows) != steps:
       raise RuntimeError(f"{name}: the trace holds {len(windows)} {STEP_SPAN!r} spans for "
                          f"{steps} steps")
+    # outside_busy_ms: other work still running in the process (0 when alone).
     kinds = attribute(events, steps, windows)
-    # Kernel time outside the steps: other work still running in the process (0 when alone).
-    kinds["outside_busy_ms"] = attribute(events, steps)["busy_ms"] - kinds["busy_ms"]
     v.end_round()
     out[name] = {"step_ms": [1000 * t for t in times],
                  "median_ms": 1000 * statistics.median(times), **kinds}

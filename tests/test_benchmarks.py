@@ -1018,6 +1018,7 @@ def test_profile_step_attributes_self_time_and_shares_concurrent_time():
   assert got["self_ms_by_kind"] == pytest.approx(
     {"while": 1.5, "convert_reduce_fusion": 0.5, "multiply_add_fusion": 0.5})
   assert got["busy_ms"] == pytest.approx(2.0)
+  assert got["outside_busy_ms"] == pytest.approx(3.0)  # [0, 1), [3, 6), [8, 10)
   assert prof.kernel_kind("ynn_fusion.295") == "ynn_fusion"
   assert prof.kernel_kind("dot") == "dot"
 
@@ -1043,7 +1044,7 @@ def test_profile_step_attribution_against_a_unit_grid_on_random_traces():
           events.append((f"t{line}", f"c{len(events)}", c, c_len))
           owner.update({(line, u): f"c{len(events) - 1}" for u in range(c, c + c_len)})
         t += length
-    windows = None
+    windows, every = None, {u for _, u in owner}
     if trial % 2:  # 1-3 disjoint windows of whole units
       edges = np.sort(rng.choice(np.arange(0, 60), size=2 * int(rng.integers(1, 4)),
                                  replace=False))
@@ -1054,6 +1055,8 @@ def test_profile_step_attribution_against_a_unit_grid_on_random_traces():
                          windows=windows)
     units = {u for _, u in owner}
     assert got["busy_ms"] == pytest.approx(len(units))
+    if windows:
+      assert got["outside_busy_ms"] == pytest.approx(len(every - units))
     expect = collections.Counter()
     for u in units:
       here = [name for (line, v), name in owner.items() if v == u]
