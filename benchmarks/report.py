@@ -463,6 +463,37 @@ def render_host_memory(res: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def render_checkpoint_save(res: dict[str, Any]) -> str:
+  """checkpoint_save.json: orbax's replica-parallel copy vs one replica per array."""
+  lines = [
+    "### Checkpoint save: replica-parallel copy vs one replica",
+    "",
+    f"One process, the trainer's state of a top-k run replicated over {res.get('device_count')} "
+    "devices, saved by both savers alternately (`replica_parallel`: orbax's default on CPUs and "
+    "TPUs, each replicated array cut into a slice per replica; `one_replica`: "
+    "`mvp_jax.checkpoint`'s default in a single process). *Blocked*: the time `save` holds the "
+    "training loop (the device-to-host copy); *total*: until the files are committed. Medians "
+    f"of {res.get('rounds')} saves after a first one, shown apart (it compiles the slices).",
+    "",
+  ]
+  lines += _provenance(res) + [""]
+  header = ["model", "arrays", "state MiB", "first blocked s (rp / one)", "blocked ms (rp)",
+            "blocked ms (one)", "one / rp", "total ms (rp)", "total ms (one)", "one / rp",
+            "MiB on disk (rp / one)"]
+  rows = []
+  for name, sec in res.get("models", {}).items():
+    rp, one = sec["savers"]["replica_parallel"], sec["savers"]["one_replica"]
+    rows.append([
+      name, str(sec["arrays"]), _mib(sec["state_bytes"]),
+      f"{rp['first_blocked_s']:.2f} / {one['first_blocked_s']:.2f}",
+      _ms(rp["median_blocked_s"]), _ms(one["median_blocked_s"]), _ratio(sec["blocked_ratio"]),
+      _ms(rp["median_total_s"]), _ms(one["median_total_s"]), _ratio(sec["total_ratio"]),
+      f"{_mib(rp['bytes_on_disk'])} / {_mib(one['bytes_on_disk'])}",
+    ])
+  lines += _table(header, rows)
+  return "\n".join(lines)
+
+
 def render_eval(
   res: dict[str, Any], title: str = "Evaluation throughput of the exported model"
 ) -> str:
@@ -678,6 +709,8 @@ BLOCKS: dict[str, tuple[Callable[[pathlib.Path], Any], Callable[[Any], str]]] = 
     lambda d: _load(d / "step_reuse.json"),
     lambda res: render_step(res, title="Train step with kept host memory (as train.py runs)"),
   ),
+  # checkpoint_save.py: orbax's replica-parallel copy vs mvp_jax.checkpoint's one replica.
+  "checkpoint_save": (lambda d: _load(d / "checkpoint_save.json"), render_checkpoint_save),
   # Runs on a GPU/TPU (step.py / masks.py --out benchmarks/results/<name>_accelerator.json).
   "step_accelerator": (lambda d: _load(d / "step_accelerator.json"), render_accelerator),
   "masks_accelerator": (lambda d: _load(d / "masks_accelerator.json"), render_masks_accelerator),

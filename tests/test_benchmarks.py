@@ -982,6 +982,26 @@ def test_host_memory_benchmark_runs_both_settings_and_renders(report, tmp_path):
   assert "| tiny | `topk_local` |" in text
 
 
+def test_checkpoint_save_benchmark_runs_both_savers_and_renders(report, tmp_path):
+  """benchmarks/checkpoint_save.py on the tiny model's state over the 8 test devices."""
+  bench = load_benchmark("checkpoint_save")
+  out = tmp_path / "checkpoint_save.json"
+  bench.main(["--models", "tiny", "--rounds", "2", "--out", str(out)])
+  res = json.loads(out.read_text())
+  sec = res["models"]["tiny"]
+  assert res["device_count"] == 8 and sec["arrays"] > 0 and sec["state_bytes"] > 0
+  for saver in ("replica_parallel", "one_replica"):
+    row = sec["savers"][saver]
+    assert len(row["blocked_s"]) == len(row["total_s"]) == 2
+    assert all(0 < b <= t for b, t in zip(row["blocked_s"], row["total_s"], strict=True))
+    assert row["bytes_on_disk"] > 0
+  doc = tmp_path / "results.md"
+  doc.write_text("# Results\n")
+  text = report.update_doc(doc, tmp_path)
+  assert "### Checkpoint save: replica-parallel copy vs one replica" in text
+  assert "| tiny | " in text and "replicated over 8 devices" in text
+
+
 def test_profile_step_attributes_self_time_and_shares_concurrent_time():
   """profile_step.attribute on a hand-made trace: nested thunks' time leaves their parent's
   self time, concurrent thunks share each moment, non-kernel spans are left out."""

@@ -181,3 +181,53 @@ def test_mismatch_errors_name_the_path(tmp_path):
   ckpt.close()
   with pytest.raises(ValueError, match="max_to_keep"):
     checkpoint.Checkpointer(tmp_path / "c", max_to_keep=0)
+
+
+def _standard_manager(directory):
+  """A CheckpointManager with orbax's StandardCheckpointHandler for the state: how this module
+  saved before it chose its own array handler (2026-12-06), and how other orbax users save."""
+  import orbax.checkpoint as ocp
+
+  return ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False),
+      item_names=(checkpoint.STATE, checkpoint.EXTRA),
+      item_handlers={checkpoint.STATE: ocp.StandardCheckpointHandler(),
+                     checkpoint.EXTRA: ocp.JsonCheckpointHandler()})
+
+
+@pytest.mark.parametrize("replica_parallel", [None, True])
+def test_checkpoints_of_orbaxs_standard_handler_restore_both_ways(tmp_path, caplog,
+                                                                  replica_parallel):
+  """A state with replicated, sharded and bfloat16 leaves: what orbax's standard handler wrote
+  restores here bit for bit, and what this module writes (copying replicated arrays from one
+  device by default, or orbax's replica-parallel way) restores with the standard handler."""
+  import orbax.checkpoint as ocp
+
+  mesh = sharding.make_mesh((4, 2))
+  state = _state(mesh)
+  abstract = _abstract(state)
+  with _standard_manager(tmp_path / "standard") as manager:
+    manager.save(3, args=ocp.args.Composite(**{
+        checkpoint.STATE: ocp.args.StandardSave(state),
+        checkpoint.EXTRA: ocp.args.JsonSave({"position": 5})}))
+  with checkpoint.Checkpointer(tmp_path / "standard", replica_parallel=replica_parallel) as ckpt:
+    got, extra = ckpt.restore(3, abstract)
+  assert extra == {"position": 5}
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(state), strict=True):
+    assert a.sharding == b.sharding
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  with caplog.at_level("INFO"), checkpoint.Checkpointer(
+      tmp_path / "ours", async_save=False, replica_parallel=replica_parallel) as ckpt:
+    ckpt.save(3, state, {"position": 5})
+  # orbax logs the copy's options (None: one process here, so no replica-parallel copy).
+  want = f"use_replica_parallel={replica_parallel is True}"
+  assert any(want in r.getMessage() for r in caplog.records), [
+      r.getMessage() for r in caplog.records if "use_replica_parallel" in r.getMessage()]
+  with _standard_manager(tmp_path / "ours") as manager:
+    back = manager.restore(3, args=ocp.args.Composite(**{
+        checkpoint.STATE: ocp.args.StandardRestore(abstract),
+        checkpoint.EXTRA: ocp.args.JsonRestore()}))
+  assert back[checkpoint.EXTRA] == {"position": 5}
+  for a, b in zip(jax.tree.leaves(back[checkpoint.STATE]), jax.tree.leaves(state), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
