@@ -56,3 +56,13 @@ def session_dir(tmp_path_factory, worker_id) -> pathlib.Path:
   expensive fixtures built once, see tiny_bert.build_once)."""
   base = tmp_path_factory.getbasetemp()
   return base if worker_id == "master" else base.parent
+
+
+# Modules of long tests (other processes, real MiniLM, several runs each), collected first.
+# pytest-xdist's worksteal gives each worker a contiguous share of the collection and steals
+# from the end of it, so a long test collected last keeps one core busy while the other waits.
+LONG_FIRST = ("test_train_multihost.py", "test_notebooks.py", "test_reliability.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  items.sort(key=lambda item: item.path.name not in LONG_FIRST)  # stable: order kept otherwise

@@ -1,5 +1,9 @@
 """Smoke tests of the benchmark scripts: they still run, and the sort-based top-k they compare
-against is the same mask as ours. No timing is asserted."""
+against is the same mask as ours. No timing is asserted.
+
+The default run (`make test`) runs each script once; the deeper checks of the benchmark
+variants and of the research diagnostics (mask quality, tail shift, score-gradient
+interventions: several tiny training runs each) are marked slow and run with `make test-all`."""
 
 import collections
 import functools
@@ -123,6 +127,7 @@ def test_step_benchmark_runs_and_writes_results(step, report, tmp_path):
   assert doc.read_text() == first
 
 
+@pytest.mark.slow
 def test_forced_cond_variants_count_their_conds(step):
   # `_jointcond` / `_percond` force where the masks' branches sit, whatever the backend: one
   # shared cond a step, or one per matrix (six here). The masks do not depend on it (tests in
@@ -140,6 +145,7 @@ def test_forced_cond_variants_count_their_conds(step):
   assert {"topk_local_percond", "sigmoid_threshold_percond"} <= set(step.ACCELERATOR_VARIANTS)
 
 
+@pytest.mark.slow
 def test_l0_noise_variants_draw_what_they_say(step):
   # The diagnostics that split L0's step cost: `l0` draws one random word per pruned weight on
   # top of dropout's, `l0_nonoise` none (the dense step's draws only), `l0_rbg` as many from
@@ -167,6 +173,7 @@ def test_l0_noise_variants_draw_what_they_say(step):
     v.end_round()
 
 
+@pytest.mark.slow
 def test_search_variants_train_exactly_as_the_default_search(step):
   # Bits per pass and stacking change how the threshold is found, not the masks: one step of
   # each variant gives the default's params and scores bitwise (the GPU candidates timed by
@@ -271,6 +278,7 @@ def test_random_weights_runs_without_the_packaged_checkpoint(step, report, tmp_p
   assert "differs from dense in minilm 384 tokens `topk_local`: 2.00x." in block
 
 
+@pytest.mark.slow
 def test_pruned_steps_compute_the_same_per_token_values_as_dense(step):
   # What pruning adds is per weight: every variant's step program computes exactly as many
   # token-shaped elements as the dense step's (the tokens block of docs/results.md reads its
@@ -576,6 +584,7 @@ def tiny_topk_run(tmp_path_factory):
   return run
 
 
+@pytest.mark.slow
 def test_checkpoint_analyses_run_end_to_end_on_a_tiny_topk_run(tmp_path, structure,
                                                                tiny_topk_run):
   """mask_quality.py and mask_structure.py (full and --spread-only) on a real, tiny top-k run:
@@ -658,6 +667,7 @@ def test_tail_shift_statistics_on_known_shifts_and_signs():
   assert a["all_mean_sign"] == pytest.approx(2 / 6)
 
 
+@pytest.mark.slow
 def test_tail_shift_gradient_split_matches_the_sensitivities_on_a_tiny_run(tmp_path,
                                                                           tiny_topk_run):
   """Two code paths agree: unmasked, the common part of the scores' gradient is
@@ -702,6 +712,7 @@ def _flat_vector(tree) -> np.ndarray:
   return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
 
 
+@pytest.mark.slow
 def test_score_gradient_interventions_against_direct_gradients_on_a_tiny_run(intervention,
                                                                              tiny_topk_run):
   """Each mode's gradients against ones taken directly with jax.grad of the quantities the
@@ -795,6 +806,7 @@ def test_score_gradient_interventions_against_direct_gradients_on_a_tiny_run(int
   assert np.linalg.norm(g - new) > 0.01 * np.linalg.norm(g)
 
 
+@pytest.mark.slow
 def test_centred_score_gradient_vanishes_when_every_example_is_the_same(intervention,
                                                                         tiny_topk_run):
   """The same sentence eight times, with both labels, and no dropout: every example's logits
@@ -823,6 +835,7 @@ def test_centred_score_gradient_vanishes_when_every_example_is_the_same(interven
   assert norms["none"] > 0 and norms["centred"] <= 1e-4 * norms["none"]
 
 
+@pytest.mark.slow
 def test_intervention_none_trains_exactly_as_train_step_and_modes_are_not_mixed(
     tmp_path, intervention):
   """`none` through train_and_evaluate reproduces a plain run's weights and scores; `project`
