@@ -44,7 +44,6 @@ def train_state(model_name: str) -> tuple[Any, int, int]:
     (state, number of arrays in it, their bytes).
   """
   import jax
-  import numpy as np
   import step
 
   from mvp_jax import pruning, sharding
@@ -63,7 +62,7 @@ def train_state(model_name: str) -> tuple[Any, int, int]:
                                                    jax.random.key_data(state_rng), mesh)
   state = jax.jit(init_state, out_shardings=state_sh)(params, scores)
   leaves = jax.tree.leaves(state)
-  return state, len(leaves), int(sum(np.asarray(x).nbytes for x in leaves))
+  return state, len(leaves), int(sum(x.nbytes for x in leaves))  # one replica's bytes
 
 
 def bench_model(model_name: str, rounds: int) -> dict[str, Any]:
@@ -140,13 +139,13 @@ def main(argv: Sequence[str] | None = None) -> None:
   sys.path.insert(0, str(ROOT / "benchmarks"))
   import step
 
+  from mvp_jax import run_io
+
   result = {**step.environment(), "rounds": args.rounds, "models": {}}
   for name in args.models.split(","):
     result["models"][name] = bench_model(name, args.rounds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(args.out)
+    run_io.write_atomic(args.out, json.dumps(result, indent=1))
   print(f"wrote {args.out}")
 
 

@@ -193,13 +193,13 @@ def main(argv: Sequence[str] | None = None) -> None:
   sys.path.insert(0, str(ROOT / "benchmarks"))
   import step  # the parent runs no step: JAX only for the environment record
 
+  from mvp_jax import run_io
+
   result = {**step.environment(), "models": {}}
   for name in args.models.split(","):
     result["models"][name] = bench_model(name, PLANS[name], args.rounds, args.steps)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(args.out)
+    run_io.write_atomic(args.out, json.dumps(result, indent=1))
   print(f"wrote {args.out}")
 
 
