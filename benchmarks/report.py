@@ -351,8 +351,10 @@ def render_step(res: dict[str, Any], title: str = "Train step: dense vs pruning 
   return "\n".join(lines).rstrip()
 
 
-def render_step_tokens(runs: Sequence[dict[str, Any]]) -> str:
+def render_step_tokens(runs: Sequence[dict[str, Any]], kept: bool = False) -> str:
   """step_tokens_*.json (step.py --batch-size/--seq-len, one shape each): overhead vs tokens.
+
+  ``kept``: the runs kept their host memory (``--reuse-host-memory``, as train.py runs).
 
   One row per (model, batch x seq), ordered by model and tokens per step; each cell is a
   variant's step time over the dense step of the same run, and the milliseconds it adds.
@@ -366,7 +368,8 @@ def render_step_tokens(runs: Sequence[dict[str, Any]]) -> str:
   variants = list(dict.fromkeys(v for _, _, sec, _ in found for v in sec["variants"]))
   variants = [v for v in variants if v != "dense" and not v.startswith("torch_")]
   lines = [
-    "### Train step: what pruning adds, by tokens per step",
+    "### Train step: what pruning adds, by tokens per step"
+    + (" (kept host memory, as train.py runs)" if kept else ""),
     "",
     "One `step.py` run per shape (`--batch-size`, `--seq-len`), each timing its variants "
     "round-robin against its own dense step; a cell is the variant's step time over that dense "
@@ -491,6 +494,55 @@ def render_checkpoint_save(res: dict[str, Any]) -> str:
       f"{_mib(rp['bytes_on_disk'])} / {_mib(one['bytes_on_disk'])}",
     ])
   lines += _table(header, rows)
+  return "\n".join(lines)
+
+
+def render_step_work(res: dict[str, Any]) -> str:
+  """step_work.json: what each variant adds to the compiled step's flops and bytes, by shape."""
+  lines = [
+    "### Train step: what pruning adds to the compiled program, by tokens per step",
+    "",
+    "Each variant's train step compiled as `step.py` times it, at the shapes of the tokens "
+    "tables, not run: XLA's flop count of the optimised program (`cost_analysis`, which "
+    "counts a loop's body once: the threshold search's passes as one) and the bytes its "
+    "kernels read and write (`hlo_program.describe`: each fusion's operands plus its result, "
+    "loops by their trip count; an upper bound on the traffic). A cell is what the variant "
+    "adds to the dense step of the same shape.",
+    "",
+  ]
+  lines += _provenance(res) + [""]
+  rows, spreads = [], []
+  models = res.get("models", {})
+  variants = list(dict.fromkeys(
+    v for sec in models.values() for row in sec["rows"] for v in row["variants"] if v != "dense"))
+  header = ["model", "batch x seq", "tokens / step", "dense GFLOP", "dense GB"]
+  header += [f"`{v}` +GFLOP / +GB" for v in variants]
+  for name, sec in models.items():
+    added: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+    for row in sorted(sec["rows"], key=lambda r: r["batch_size"] * r["seq_len"]):
+      dense = row["variants"]["dense"]
+      cells = []
+      for v in variants:
+        w = row["variants"].get(v)
+        if w is None:
+          cells.append("")
+          continue
+        extra = (w["flops"] - dense["flops"], w["bytes"] - dense["bytes"])
+        added[v].append(extra)
+        cells.append(f"{extra[0] / 1e9:+.2f} / {extra[1] / 1e9:+.2f}")
+      tokens = row["batch_size"] * row["seq_len"]
+      rows.append([name, f"{row['batch_size']} x {row['seq_len']}", f"{tokens:,}",
+                   f"{dense['flops'] / 1e9:,.1f}", f"{dense['bytes'] / 1e9:.2f}", *cells])
+    for v, xs in added.items():
+      if len(xs) > 1:
+        spread = max(
+          (max(x[i] for x in xs) - min(x[i] for x in xs)) / max(abs(x[i]) for x in xs)
+          for i in (0, 1) if max(abs(x[i]) for x in xs) > 0)
+        spreads.append(f"{name} `{v}` {100 * spread:.2g}%")
+  lines += _table(header, rows)
+  if spreads:
+    lines += ["", "Largest difference between a variant's added flops or bytes across its "
+              "model's shapes, relative to the largest: " + ", ".join(spreads) + "."]
   return "\n".join(lines)
 
 
@@ -672,9 +724,12 @@ def _eval_source(results_dir: pathlib.Path) -> dict[str, Any] | None:
   return step if step and "eval_throughput" in step else None
 
 
-def _tokens_source(results_dir: pathlib.Path) -> list[dict[str, Any]] | None:
+def _tokens_source(results_dir: pathlib.Path, kept: bool) -> list[dict[str, Any]] | None:
+  """The step_tokens_*.json runs with glibc's malloc (``kept=False``) or with the host memory
+  kept (``--reuse-host-memory``, ``kept=True``): one table each, never mixed."""
   runs = [_load(p) for p in sorted(results_dir.glob("step_tokens_*.json"))]
-  return [r for r in runs if r is not None] or None
+  runs = [r for r in runs if r is not None and (r.get("host_memory") == "reuse") == kept]
+  return runs or None
 
 
 def _load(path: pathlib.Path) -> dict[str, Any] | None:
@@ -700,7 +755,14 @@ BLOCKS: dict[str, tuple[Callable[[pathlib.Path], Any], Callable[[Any], str]]] = 
     lambda res: render_step(res, title="Train step: where L0's cost goes"),
   ),
   # step.py --batch-size/--seq-len, one shape per file: step_tokens_<model>_<batch>x<seq>.json.
-  "step_tokens": (_tokens_source, render_step_tokens),
+  "step_tokens": (lambda d: _tokens_source(d, kept=False), render_step_tokens),
+  # The same with --reuse-host-memory (step_tokens_reuse_<model>_<batch>x<seq>.json).
+  "step_tokens_reuse": (
+    lambda d: _tokens_source(d, kept=True),
+    lambda runs: render_step_tokens(runs, kept=True),
+  ),
+  # step_work.py: the compiled steps' flops and bytes at the tokens tables' shapes.
+  "step_work": (lambda d: _load(d / "step_work.json"), render_step_work),
   "eval": (_eval_source, render_eval),
   # host_memory.py: glibc's malloc vs mvp_jax.host_memory.reuse_freed_memory.
   "host_memory": (lambda d: _load(d / "host_memory.json"), render_host_memory),

@@ -265,6 +265,8 @@ def test_random_weights_runs_without_the_packaged_checkpoint(step, report, tmp_p
   big_sec["variants"]["topk_local"]["token_elements_per_step"] *= 2  # as if it masked activations
   (tmp_path / "step_tokens_minilm_16x6.json").write_text(out.read_text())
   (tmp_path / "step_tokens_minilm_0_big.json").write_text(json.dumps(big))  # first by name
+  kept = {**json.loads(out.read_text()), "host_memory": "reuse"}  # --reuse-host-memory
+  (tmp_path / "step_tokens_reuse_minilm_16x6.json").write_text(json.dumps(kept))
   doc = tmp_path / "results.md"
   doc.write_text("# Results\n")
   text = report.update_doc(doc, tmp_path)
@@ -276,6 +278,11 @@ def test_random_weights_runs_without_the_packaged_checkpoint(step, report, tmp_p
   assert "`topk_local_2bit`" in block and "`dense`" not in block and "torch_" not in block
   assert "(2 of 2 runs record it" in block
   assert "differs from dense in minilm 384 tokens `topk_local`: 2.00x." in block
+  # Runs that kept their host memory have their own table; the two are never mixed.
+  block = text.split("bench:step_tokens_reuse:begin")[1].split("bench:step_tokens_reuse:end")[0]
+  assert "by tokens per step (kept host memory, as train.py runs)" in block
+  assert "host memory kept" in block
+  assert [r.split(" | ")[1] for r in block.splitlines() if r.startswith("| minilm")] == ["16 x 6"]
 
 
 @pytest.mark.slow
@@ -1117,3 +1124,31 @@ def test_profile_step_runs_on_a_tiny_model(step):
   spec = pruning.PruningSpec(method="topk")
   assert opt["scores"] == sum(x.size for x in jax.tree.leaves(pruning.init_scores(params, spec)))
   assert opt["params_ms"] > 0 and opt["params_and_scores_ms"] > 0
+
+
+def test_step_work_finds_pruning_adds_the_same_work_at_every_shape(step, report, tmp_path):
+  """benchmarks/step_work.py on the tiny model: local top-k adds flops and bytes to the compiled
+  step, and the same amount at 4x the tokens (its extra work is per weight)."""
+  bench = load_benchmark("step_work")
+  out = tmp_path / "step_work.json"
+  args = bench.parse_args(["--quick", "--shapes", "8x8,32x8", "--variants", "topk_local",
+                           "--out", str(out)])
+  bench.run(args, log=lambda _: None, compiler_options=step.FAST_COMPILE)
+  rows = json.loads(out.read_text())["models"]["tiny"]["rows"]
+  assert [(r["batch_size"], r["seq_len"]) for r in rows] == [(8, 8), (32, 8)]
+  added = []
+  for r in rows:
+    dense, topk = r["variants"]["dense"], r["variants"]["topk_local"]
+    assert dense["flops"] > 0 and dense["kernels"] > 0 and dense["peak_bytes"] > 0
+    added.append((topk["flops"] - dense["flops"], topk["bytes"] - dense["bytes"]))
+  assert rows[1]["variants"]["dense"]["flops"] > 3 * rows[0]["variants"]["dense"]["flops"]
+  assert all(f > 0 and b > 0 for f, b in added)
+  assert added[1][0] == pytest.approx(added[0][0], rel=1e-3)
+  assert added[1][1] == pytest.approx(added[0][1], rel=1e-3)
+  doc = tmp_path / "results.md"
+  doc.write_text("# Results\n")
+  text = report.update_doc(doc, tmp_path)
+  assert "what pruning adds to the compiled program, by tokens per step" in text
+  assert "| tiny | 32 x 8 | 256 |" in text and "tiny `topk_local`" in text
+  with pytest.raises(SystemExit):
+    bench.parse_args(["--shapes", "32by64"])
