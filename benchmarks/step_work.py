@@ -17,7 +17,7 @@ If pruning's extra flops and bytes over the dense step are the same at every sha
 work is per weight, and any growth of the added time with tokens is not work in the program.
 Results go to benchmarks/results/step_work.json; `report.py` renders them into docs/results.md.
 
-  python benchmarks/step_work.py                     # both models, three shapes each (~9 min, 2 cores)
+  python benchmarks/step_work.py                     # both models, three shapes each (~9 min)
   python benchmarks/step_work.py --only minilm --shapes 8x64,32x64
   python benchmarks/step_work.py --quick             # tiny model: a smoke run
 
