@@ -126,6 +126,7 @@ def run(
   res = {"benchmark": "step_work", "quick": bool(args.quick), **step.environment(), "models": {}}
   if args.out.exists() and not args.quick:  # --only merges into the earlier run's file
     res["models"] = json.loads(args.out.read_text()).get("models", {})
+  args.out.parent.mkdir(parents=True, exist_ok=True)  # before minutes of compiling, not after
   for name, (config, shapes) in plan.items():
     log(f"[{name}] shapes {', '.join(f'{b}x{s}' for b, s in shapes)}; variants {variants}")
     res["models"][name] = {
@@ -133,7 +134,7 @@ def run(
       "layers": config.num_hidden_layers,
       "rows": model_work(config, shapes, variants, log, compiler_options),
     }
-  run_io.write_atomic(args.out, json.dumps(res, indent=1) + "\n")
+    run_io.write_atomic(args.out, json.dumps(res, indent=1) + "\n")  # each model as it ends
   log(f"wrote {args.out}")
   return res
 
